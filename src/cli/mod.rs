@@ -1,0 +1,201 @@
+//! `switchyard run | validate | plugin build`.
+
+mod plugin_build;
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand, ValueEnum};
+use switchyard::{Config, Runtime};
+
+#[derive(Parser)]
+#[command(
+    name = "switchyard",
+    version,
+    about = "An event router that runs sandboxed WebAssembly plugins"
+)]
+struct Cli {
+    /// Log format on stderr.
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        default_value = "text",
+        env = "SWITCHYARD_LOG_FORMAT"
+    )]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the router: HTTP ingest, pipelines, read API.
+    Run {
+        /// The configuration file.
+        #[arg(
+            long,
+            default_value = "config/switchyard.toml",
+            env = "SWITCHYARD_CONFIG"
+        )]
+        config: PathBuf,
+        /// Where the embedded store keeps its data.
+        #[arg(long, default_value = "./data", env = "SWITCHYARD_DATA_DIR")]
+        data_dir: PathBuf,
+        /// Address to listen on (overrides `server.listen`); port 0 picks a free one.
+        #[arg(long, env = "SWITCHYARD_LISTEN")]
+        listen: Option<std::net::SocketAddr>,
+    },
+    /// Check a configuration: the file, its schemas, and that every plugin loads.
+    Validate {
+        #[arg(long, default_value = "config/switchyard.toml")]
+        config: PathBuf,
+    },
+    /// Plugin development.
+    Plugin {
+        #[command(subcommand)]
+        command: PluginCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum PluginCommand {
+    /// Build a plugin project into a component (`wasm32-wasip2`).
+    Build {
+        /// The plugin project directory (a Cargo package).
+        dir: PathBuf,
+        /// Where to write the component (default: DIR/dist/<package>.wasm).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing(cli.log_format);
+    match run(cli.command) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_tracing(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new("info,wasmtime=warn,cranelift=warn")
+    });
+    use std::io::IsTerminal;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn run(command: Command) -> Result<()> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    match command {
+        Command::Run {
+            config,
+            data_dir,
+            listen,
+        } => rt.block_on(run_router(&config, &data_dir, listen)),
+        Command::Validate { config } => rt.block_on(validate(&config)),
+        Command::Plugin {
+            command: PluginCommand::Build { dir, out },
+        } => plugin_build::build(&dir, out.as_deref()).map(|_| ()),
+    }
+}
+
+async fn run_router(
+    config: &Path,
+    data_dir: &Path,
+    listen: Option<std::net::SocketAddr>,
+) -> Result<()> {
+    let mut cfg = Config::load(config)?;
+    if let Some(addr) = listen {
+        cfg.server.listen = addr;
+    }
+    let addr = cfg.server.listen;
+    let rt: Arc<Runtime> = Runtime::start(cfg, data_dir).await?;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr}"))?;
+    let local = listener.local_addr()?;
+    // Tests and scripts read this line to find an ephemeral port.
+    tracing::info!(addr = %local, data_dir = %data_dir.display(), "listening on http://{local}");
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        tracing::info!("shutdown requested; finishing in-flight events");
+        let _ = stop_tx.send(true);
+    });
+    switchyard::server::serve(rt, listener, stop_rx).await?;
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}
+
+async fn validate(config: &Path) -> Result<()> {
+    let cfg = Config::load(config)?;
+    let schemas = switchyard::runtime::load_schemas(&cfg)?;
+    let host = switchyard::plugin::PluginHost::new()?;
+    let plugins = switchyard::runtime::load_plugins(&host, &cfg).await?;
+    println!("{}: ok", cfg.file.display());
+    println!("  schemas: base + {} per-type", schemas.describe().len());
+    for (name, p) in &plugins {
+        println!(
+            "  plugin {name}: version {} ({})",
+            p.version(),
+            p.spec().path.display()
+        );
+    }
+    for r in &cfg.routes {
+        let stages: Vec<_> = r.pipeline.iter().map(|s| s.get_ref().as_str()).collect();
+        let pats: Vec<_> = r.patterns.iter().map(|s| s.get_ref().as_str()).collect();
+        println!(
+            "  route {}: {} -> {}",
+            r.name,
+            pats.join(", "),
+            stages.join(" -> ")
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,557 @@
+//! The router's configuration file: a TOML model, its defaults, and validation
+//! whose errors name the file, the line and the key.
+//!
+//! Paths inside the file (plugins, schemas) are relative to the file itself, so
+//! a config directory can be moved as a whole. `load` resolves them to absolute
+//! paths and checks everything that can be checked without running anything:
+//! plugin files exist, pipelines name known plugins, globs parse, topic names
+//! are legal. Instantiating plugins and compiling schemas is the caller's next
+//! step (`switchyard validate` does both).
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use crate::envelope::KeyRule;
+
+/// Default body limit for one ingest request: large enough for a batch of a
+/// few hundred HMPPS events, small enough that one client cannot exhaust memory.
+pub const DEFAULT_MAX_BODY_BYTES: usize = 1024 * 1024;
+/// Default per-call deadline: a transform that takes longer than this on one
+/// event is broken or hostile, and it holds an ordering key hostage meanwhile.
+pub const DEFAULT_TIMEOUT_MS: u64 = 1_000;
+/// Default linear-memory cap per plugin instance. Rust guests need a few MiB;
+/// JavaScript and Python runtimes need tens.
+pub const DEFAULT_MEMORY_MB: u64 = 128;
+/// Default pool size per plugin: one instance per event processed in parallel.
+pub const DEFAULT_INSTANCES: usize = 4;
+
+/// A configuration error, rendered as `file:line: key: reason`.
+#[derive(Debug, thiserror::Error)]
+pub struct ConfigError {
+    /// The file at fault.
+    pub file: PathBuf,
+    /// 1-based line of the offending key or value, when known.
+    pub line: Option<usize>,
+    /// Dotted path of the key (`routes[1].pipeline[0]`), empty for the file.
+    pub key: String,
+    /// What is wrong, lower-case.
+    pub reason: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.file.display())?;
+        if let Some(line) = self.line {
+            write!(f, ":{line}")?;
+        }
+        if !self.key.is_empty() {
+            write!(f, ": {}", self.key)?;
+        }
+        write!(f, ": {}", self.reason)
+    }
+}
+
+/// The whole file, after defaults.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub server: ServerConfig,
+    #[serde(default)]
+    pub ingest: IngestConfig,
+    pub schemas: SchemaConfig,
+    #[serde(default)]
+    pub router: RouterConfig,
+    /// Plugins by name.
+    #[serde(default)]
+    pub plugins: BTreeMap<String, PluginConfig>,
+    /// Routes, tried in order; every matching route runs.
+    #[serde(default)]
+    pub routes: Vec<RouteConfig>,
+    /// The file this was read from (absolute), for error messages and reload.
+    #[serde(skip)]
+    pub file: PathBuf,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Address of the HTTP listener (ingest, read API, admin).
+    pub listen: SocketAddr,
+    /// Largest accepted request body, in bytes (413 above it).
+    pub max_body_bytes: usize,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IngestConfig {
+    /// Topic that accepted events are appended to.
+    pub topic: String,
+    /// `source` given to events that arrive as HMPPS domain events.
+    pub source: String,
+    /// How the ordering key is found in a payload, first match wins:
+    /// `identifier:TYPE` (personReference identifier) or a JSON pointer.
+    pub key: Vec<Spanned<String>>,
+}
+
+impl Default for IngestConfig {
+    fn default() -> Self {
+        Self {
+            topic: "events".into(),
+            source: "urn:switchyard:http".into(),
+            key: vec![
+                Spanned::new(0..0, "identifier:NOMS".into()),
+                Spanned::new(0..0, "identifier:CRN".into()),
+            ],
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SchemaConfig {
+    /// The HMPPS domain event base schema.
+    pub base: Spanned<PathBuf>,
+    /// Directory of per-event-type schemas (`<type>[@<version>].schema.json`).
+    #[serde(default)]
+    pub types_dir: Option<Spanned<PathBuf>>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RouterConfig {
+    /// Name of the router's durable cursor on the ingest topic.
+    pub consumer: String,
+    /// Where failed events go, with the reason.
+    pub dead_letter_topic: String,
+    /// Events read and committed together (one durable write per batch).
+    pub batch_size: usize,
+    /// Ordering keys processed in parallel.
+    pub workers: usize,
+    /// Attempts for an event whose plugin reports a transient failure before
+    /// it is dead-lettered.
+    pub max_attempts: u32,
+    /// Back-off before the first retry; doubles each attempt.
+    pub retry_backoff_ms: u64,
+}
+
+impl Default for RouterConfig {
+    fn default() -> Self {
+        Self {
+            consumer: "router".into(),
+            dead_letter_topic: "dead-letter".into(),
+            batch_size: 256,
+            workers: 4,
+            max_attempts: 3,
+            retry_backoff_ms: 50,
+        }
+    }
+}
+
+/// Host capabilities a plugin may be granted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Capability {
+    Log,
+    Clock,
+    Kv,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PluginConfig {
+    /// The component file (`.wasm`).
+    pub path: Spanned<PathBuf>,
+    /// Passed to the plugin's `init` as JSON.
+    #[serde(default)]
+    pub config: Option<toml::Value>,
+    /// Wall-clock deadline for one call, in milliseconds.
+    #[serde(default = "default_timeout")]
+    pub timeout_ms: u64,
+    /// Linear-memory cap per instance, in MiB.
+    #[serde(default = "default_memory")]
+    pub memory_mb: u64,
+    /// Instances kept for parallel calls.
+    #[serde(default = "default_instances")]
+    pub instances: usize,
+    /// Granted host capabilities.
+    #[serde(default = "default_caps")]
+    pub capabilities: Vec<Capability>,
+}
+
+fn default_timeout() -> u64 {
+    DEFAULT_TIMEOUT_MS
+}
+fn default_memory() -> u64 {
+    DEFAULT_MEMORY_MB
+}
+fn default_instances() -> usize {
+    DEFAULT_INSTANCES
+}
+fn default_caps() -> Vec<Capability> {
+    vec![Capability::Log, Capability::Clock]
+}
+
+impl PluginConfig {
+    /// The plugin's `init` argument as JSON text.
+    pub fn config_json(&self) -> String {
+        match &self.config {
+            Some(v) => serde_json::to_string(v).unwrap_or_else(|_| "{}".into()),
+            None => "{}".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    pub name: String,
+    /// Event type globs, e.g. `prison-offender-events.prisoner.*`.
+    #[serde(rename = "match")]
+    pub patterns: Vec<Spanned<String>>,
+    /// Plugin names, run in order; each stage's outputs feed the next.
+    pub pipeline: Vec<Spanned<String>>,
+}
+
+impl Config {
+    /// Reads, parses and validates `file`.
+    pub fn load(file: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(file).map_err(|e| ConfigError {
+            file: file.to_path_buf(),
+            line: None,
+            key: String::new(),
+            reason: format!("cannot read: {e}"),
+        })?;
+        Self::parse(file, &text)
+    }
+
+    /// Parses and validates `text` as if read from `file`.
+    pub fn parse(file: &Path, text: &str) -> Result<Self, ConfigError> {
+        let file = std::path::absolute(file).unwrap_or_else(|_| file.to_path_buf());
+        let at = Locator { file: &file, text };
+        let mut cfg: Config = toml::from_str(text).map_err(|e| {
+            let line = e.span().map(|s| at.line_of(s.start));
+            let reason = e.message().trim().to_string();
+            ConfigError {
+                file: file.clone(),
+                line,
+                key: String::new(),
+                reason,
+            }
+        })?;
+        let dir = file.parent().map(Path::to_path_buf).unwrap_or_default();
+        cfg.file = file.clone();
+        cfg.resolve_paths(&dir);
+        cfg.validate(&at)?;
+        Ok(cfg)
+    }
+
+    fn resolve_paths(&mut self, dir: &Path) {
+        let fix = |p: &mut Spanned<PathBuf>| {
+            if p.get_ref().is_relative() {
+                let span = p.span();
+                *p = Spanned::new(span, dir.join(p.get_ref()));
+            }
+        };
+        fix(&mut self.schemas.base);
+        if let Some(t) = self.schemas.types_dir.as_mut() {
+            fix(t);
+        }
+        for p in self.plugins.values_mut() {
+            fix(&mut p.path);
+        }
+    }
+
+    fn validate(&self, at: &Locator<'_>) -> Result<(), ConfigError> {
+        let whole = |key: &str, reason: String| at.error(None, key, reason);
+        if self.router.batch_size == 0 {
+            return Err(whole("router.batch_size", "must be at least 1".into()));
+        }
+        if self.router.workers == 0 {
+            return Err(whole("router.workers", "must be at least 1".into()));
+        }
+        if self.router.max_attempts == 0 {
+            return Err(whole("router.max_attempts", "must be at least 1".into()));
+        }
+        for (key, topic) in [
+            ("ingest.topic", &self.ingest.topic),
+            ("router.dead_letter_topic", &self.router.dead_letter_topic),
+        ] {
+            if let Err(reason) = check_topic_name(topic) {
+                return Err(whole(key, reason));
+            }
+        }
+        if self.ingest.topic == self.router.dead_letter_topic {
+            return Err(whole(
+                "router.dead_letter_topic",
+                "must differ from ingest.topic".into(),
+            ));
+        }
+        for (i, rule) in self.ingest.key.iter().enumerate() {
+            if let Err(e) = rule.get_ref().parse::<KeyRule>() {
+                return Err(at.error(
+                    Some(rule.span()),
+                    &format!("ingest.key[{i}]"),
+                    e.to_string(),
+                ));
+            }
+        }
+        let base = &self.schemas.base;
+        if !base.get_ref().is_file() {
+            return Err(at.error(
+                Some(base.span()),
+                "schemas.base",
+                format!("schema file {} does not exist", base.get_ref().display()),
+            ));
+        }
+        if let Some(dir) = &self.schemas.types_dir
+            && !dir.get_ref().is_dir()
+        {
+            return Err(at.error(
+                Some(dir.span()),
+                "schemas.types_dir",
+                format!("directory {} does not exist", dir.get_ref().display()),
+            ));
+        }
+        for (name, p) in &self.plugins {
+            let key = format!("plugins.{name}");
+            if let Err(reason) = check_topic_name(name) {
+                return Err(whole(&key, format!("bad plugin name: {reason}")));
+            }
+            if !p.path.get_ref().is_file() {
+                return Err(at.error(
+                    Some(p.path.span()),
+                    &format!("{key}.path"),
+                    format!(
+                        "plugin file {} does not exist (build the plugins first)",
+                        p.path.get_ref().display()
+                    ),
+                ));
+            }
+            for (field, value) in [
+                ("timeout_ms", p.timeout_ms),
+                ("memory_mb", p.memory_mb),
+                ("instances", p.instances as u64),
+            ] {
+                if value == 0 {
+                    return Err(whole(
+                        &format!("{key}.{field}"),
+                        "must be at least 1".into(),
+                    ));
+                }
+            }
+        }
+        let mut names = std::collections::BTreeSet::new();
+        for (i, r) in self.routes.iter().enumerate() {
+            let key = format!("routes[{i}]");
+            if !names.insert(r.name.as_str()) {
+                return Err(whole(
+                    &format!("{key}.name"),
+                    format!("duplicate route name {:?}", r.name),
+                ));
+            }
+            if r.patterns.is_empty() {
+                return Err(whole(
+                    &format!("{key}.match"),
+                    "needs at least one event type pattern".into(),
+                ));
+            }
+            for (j, pat) in r.patterns.iter().enumerate() {
+                if let Err(reason) = crate::router::check_pattern(pat.get_ref()) {
+                    return Err(at.error(Some(pat.span()), &format!("{key}.match[{j}]"), reason));
+                }
+            }
+            if r.pipeline.is_empty() {
+                return Err(whole(
+                    &format!("{key}.pipeline"),
+                    "needs at least one plugin".into(),
+                ));
+            }
+            for (j, stage) in r.pipeline.iter().enumerate() {
+                if !self.plugins.contains_key(stage.get_ref()) {
+                    return Err(at.error(
+                        Some(stage.span()),
+                        &format!("{key}.pipeline[{j}]"),
+                        format!("unknown plugin {:?} (not under [plugins])", stage.get_ref()),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The ingest key rules, parsed (validated at load).
+    pub fn key_rules(&self) -> Vec<KeyRule> {
+        self.ingest
+            .key
+            .iter()
+            .filter_map(|r| r.get_ref().parse().ok())
+            .collect()
+    }
+}
+
+/// Topic (and plugin) names: 1–128 characters of `[A-Za-z0-9._-]`, so they are
+/// safe in URLs, metric labels and AWS resource names.
+pub fn check_topic_name(name: &str) -> Result<(), String> {
+    if name.is_empty() || name.len() > 128 {
+        return Err(format!("name {name:?} must be 1 to 128 characters"));
+    }
+    if let Some(c) = name
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
+    {
+        return Err(format!(
+            "name {name:?} has character {c:?}; use letters, digits, '.', '_' or '-'"
+        ));
+    }
+    Ok(())
+}
+
+/// Turns byte offsets into line numbers for error messages.
+struct Locator<'a> {
+    file: &'a Path,
+    text: &'a str,
+}
+
+impl Locator<'_> {
+    fn line_of(&self, offset: usize) -> usize {
+        let end = offset.min(self.text.len());
+        self.text.as_bytes()[..end]
+            .iter()
+            .filter(|&&b| b == b'\n')
+            .count()
+            + 1
+    }
+
+    fn error(
+        &self,
+        span: Option<std::ops::Range<usize>>,
+        key: &str,
+        reason: String,
+    ) -> ConfigError {
+        // Spans of defaults are 0..0 and point nowhere in the file.
+        let line = span.filter(|s| s.end > 0).map(|s| self.line_of(s.start));
+        ConfigError {
+            file: self.file.to_path_buf(),
+            line,
+            key: key.to_string(),
+            reason,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dir_with(files: &[&str]) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        for f in files {
+            let p = dir.path().join(f);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(p, "{}").unwrap();
+        }
+        dir
+    }
+
+    const GOOD: &str = r#"
+[schemas]
+base = "schemas/base.json"
+
+[plugins.proj]
+path = "p.wasm"
+config = { topic = "prisoner-state" }
+
+[[routes]]
+name = "r"
+match = ["prison-offender-events.prisoner.*"]
+pipeline = ["proj"]
+"#;
+
+    #[test]
+    fn good_config_resolves_paths_and_defaults() {
+        let dir = dir_with(&["schemas/base.json", "p.wasm"]);
+        let cfg = Config::parse(&dir.path().join("c.toml"), GOOD).unwrap();
+        assert_eq!(
+            cfg.plugins["proj"].path.get_ref(),
+            &dir.path().join("p.wasm")
+        );
+        assert_eq!(
+            cfg.plugins["proj"].config_json(),
+            r#"{"topic":"prisoner-state"}"#
+        );
+        assert_eq!(cfg.ingest.topic, "events");
+        assert_eq!(cfg.key_rules().len(), 2);
+        assert_eq!(cfg.server.max_body_bytes, 1024 * 1024);
+    }
+
+    #[test]
+    fn unknown_plugin_names_file_line_and_key() {
+        let dir = dir_with(&["schemas/base.json", "p.wasm"]);
+        let text = GOOD.replace(r#"pipeline = ["proj"]"#, r#"pipeline = ["proj", "nope"]"#);
+        let err = Config::parse(&dir.path().join("c.toml"), &text).unwrap_err();
+        assert_eq!(err.key, "routes[0].pipeline[1]");
+        assert_eq!(err.line, Some(12));
+        let shown = err.to_string();
+        assert!(
+            shown.contains("c.toml:12: routes[0].pipeline[1]: unknown plugin \"nope\""),
+            "{shown}"
+        );
+    }
+
+    #[test]
+    fn missing_plugin_file_is_named() {
+        let dir = dir_with(&["schemas/base.json"]);
+        let err = Config::parse(&dir.path().join("c.toml"), GOOD).unwrap_err();
+        assert_eq!(err.key, "plugins.proj.path");
+        assert_eq!(err.line, Some(6));
+        assert!(err.reason.contains("does not exist"));
+    }
+
+    #[test]
+    fn unknown_key_is_a_syntax_error_with_line() {
+        let dir = dir_with(&["schemas/base.json", "p.wasm"]);
+        let text = GOOD.replace("[plugins.proj]\n", "[plugins.proj]\ntimeout = 5\n");
+        let err = Config::parse(&dir.path().join("c.toml"), &text).unwrap_err();
+        assert_eq!(err.line, Some(6));
+        assert!(
+            err.reason.contains("unknown field `timeout`"),
+            "{}",
+            err.reason
+        );
+    }
+
+    #[test]
+    fn bad_key_rule_and_glob_are_refused() {
+        let dir = dir_with(&["schemas/base.json", "p.wasm"]);
+        let text = format!("[ingest]\nkey = [\"nomsNumber\"]\n{GOOD}");
+        let err = Config::parse(&dir.path().join("c.toml"), &text).unwrap_err();
+        assert_eq!((err.key.as_str(), err.line), ("ingest.key[0]", Some(2)));
+        let text = GOOD.replace("prisoner.*", "prisoner.[");
+        let err = Config::parse(&dir.path().join("c.toml"), &text).unwrap_err();
+        assert_eq!(err.key, "routes[0].match[0]");
+    }
+
+    #[test]
+    fn topic_names_are_checked() {
+        assert!(check_topic_name("prisoner-state").is_ok());
+        assert!(check_topic_name("domain.prison_offender-events").is_ok());
+        assert!(check_topic_name("").is_err());
+        assert!(check_topic_name("a/b").is_err());
+        assert!(check_topic_name(&"x".repeat(129)).is_err());
+    }
+}

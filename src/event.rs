@@ -1,0 +1,47 @@
+//! The one internal event type every part of the router speaks.
+//!
+//! Sources decode their envelopes (HMPPS domain events, CloudEvents, SNS/SQS)
+//! into [`Event`]; plugins see it through the WIT `event` record; sinks and the
+//! read API encode it back out (as CloudEvents JSON). The payload stays JSON
+//! *text* so the router hands plugins exactly the bytes it received, without
+//! re-encoding on the hot path.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// Attribute naming the plugin that produced an output record.
+pub const ATTR_PLUGIN: &str = "plugin";
+/// Attribute naming the version (content hash) of that plugin.
+pub const ATTR_PLUGIN_VERSION: &str = "pluginversion";
+
+/// One event, as stored in a topic of the embedded log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Event {
+    /// Stable unique id: assigned at ingest, derived deterministically for
+    /// plugin outputs so that a replay produces the same ids.
+    pub id: String,
+    /// The event type, e.g. `prison-offender-events.prisoner.released`.
+    #[serde(rename = "type")]
+    pub event_type: String,
+    /// Schema version of the payload (HMPPS `version`), as text.
+    pub version: String,
+    /// Producer of the event (CloudEvents `source`).
+    pub source: String,
+    /// Ordering key: events with the same key are processed in order.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    /// When it happened, RFC 3339 with offset.
+    pub time: String,
+    /// Media type of `data` (`application/json`).
+    pub content_type: String,
+    /// The payload as JSON text.
+    pub data: String,
+    /// String attributes: CloudEvents extensions, message attributes, and the
+    /// producing plugin's name and version on outputs.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub attributes: BTreeMap<String, String>,
+    /// W3C trace context, carried from input to outputs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<String>,
+}

@@ -1,0 +1,33 @@
+//! switchyard: an event router that runs sandboxed WebAssembly plugins.
+//!
+//! The map (see `ARCHITECTURE.md` for the invariants):
+//!
+//! * [`event`] — the one internal [`Event`] type.
+//! * [`config`] — the TOML file model, defaults and validation with file/line/key errors.
+//! * [`envelope`] — decoding HMPPS domain events and CloudEvents (structured, binary, batch).
+//! * [`schema`] — the JSON Schema registry (base HMPPS schema + per-type schemas).
+//! * [`router`] — the route table: event-type globs → pipelines.
+//! * [`pipeline`] — the consumer: batches, keyed order, stages, kv, dead-letter, cursor.
+//! * [`plugin`] — the wasmtime host (the only module that knows wasmtime).
+//! * [`store`] — the embedded durable log, cursors and plugin state, on `redb`.
+//! * [`transport`] — sources and sinks: HTTP ingest today.
+//! * [`admin`] — read API (topics, events, live stream) and health.
+//! * [`runtime`] / [`server`] — putting the parts together and running them.
+
+pub mod admin;
+pub mod config;
+pub mod envelope;
+pub mod event;
+pub mod pipeline;
+pub mod plugin;
+pub mod router;
+pub mod runtime;
+pub mod schema;
+pub mod server;
+pub mod store;
+pub mod transport;
+
+pub use config::Config;
+pub use event::Event;
+pub use runtime::Runtime;
+pub use store::Store;

@@ -1,0 +1,254 @@
+//! Running one event through one route's stages, with retries, output checks
+//! and the defaults the host fills into plugin outputs.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::json;
+
+use super::kv::UnitKv;
+use crate::config::{Capability, check_topic_name};
+use crate::event::{ATTR_PLUGIN, ATTR_PLUGIN_VERSION, Event};
+use crate::plugin::{CallError, Plugin};
+use crate::router::Route;
+
+/// Event type of dead-letter records.
+pub const DEAD_LETTER_TYPE: &str = "switchyard.dead-letter";
+
+/// Namespace for deterministic output ids (UUID v5).
+const ID_NAMESPACE: uuid::Uuid = uuid::Uuid::from_u128(0x6d1f_4c3e_8a52_4b8e_9f0e_2c4d_5a6b_7c8d);
+
+/// Limits a stage works within, from the router config.
+#[derive(Debug, Clone)]
+pub struct StagePolicy {
+    pub max_attempts: u32,
+    pub retry_backoff: Duration,
+    /// Topics plugins may not write to (the ingest topic, to avoid loops, and
+    /// the dead-letter topic, which only the router writes).
+    pub reserved_topics: Vec<String>,
+}
+
+/// Why a route failed for an event: what goes on the dead-letter record.
+#[derive(Debug, Clone)]
+pub struct StageFailure {
+    pub kind: String,
+    pub error: String,
+    pub stage: usize,
+    pub plugin: String,
+    pub plugin_version: String,
+    pub attempts: u32,
+}
+
+/// A deterministic id from the input id and where the output was made.
+pub fn derive_id(input_id: &str, route: &str, stage: usize, n: usize) -> String {
+    uuid::Uuid::new_v5(
+        &ID_NAMESPACE,
+        format!("{input_id}/{route}/{stage}/{n}").as_bytes(),
+    )
+    .to_string()
+}
+
+/// Runs `input` through `route`. On success, the outputs of the last stage
+/// with their topics; `kv` holds the state writes, to commit on success.
+pub async fn run_route(
+    route: &Route,
+    input: &Event,
+    kv: &Arc<UnitKv>,
+    policy: &StagePolicy,
+) -> Result<Vec<(String, Event)>, StageFailure> {
+    let mut current: Vec<(String, Event)> = vec![(String::new(), input.clone())];
+    for (si, plugin) in route.stages.iter().enumerate() {
+        let mut next = Vec::new();
+        for (_, ev) in &current {
+            let (outs, _attempts) = call_with_retries(plugin, ev, kv, policy)
+                .await
+                .map_err(|(e, attempts)| failure(plugin, si, e.kind(), e.to_string(), attempts))?;
+            for (oi, mut out) in outs.into_iter().enumerate() {
+                fill_defaults(&mut out.event, ev, plugin, &route.name, si, oi);
+                check_output(&out.topic, &out.event, policy)
+                    .map_err(|reason| failure(plugin, si, "bad-output", reason, 1))?;
+                next.push((out.topic, out.event));
+            }
+        }
+        current = next;
+    }
+    Ok(current)
+}
+
+fn failure(
+    plugin: &Plugin,
+    stage: usize,
+    kind: &str,
+    error: String,
+    attempts: u32,
+) -> StageFailure {
+    StageFailure {
+        kind: kind.to_string(),
+        error,
+        stage,
+        plugin: plugin.name().to_string(),
+        plugin_version: plugin.version().to_string(),
+        attempts,
+    }
+}
+
+async fn call_with_retries(
+    plugin: &Plugin,
+    ev: &Event,
+    kv: &Arc<UnitKv>,
+    policy: &StagePolicy,
+) -> Result<(Vec<crate::plugin::Output>, u32), (CallError, u32)> {
+    let granted_kv = plugin.spec().grants.contains(&Capability::Kv);
+    let mut attempt = 1;
+    loop {
+        let view = granted_kv.then(|| kv.scoped(plugin.name()));
+        match plugin.handle(ev, view).await {
+            Ok(outs) => return Ok((outs, attempt)),
+            Err(e) if e.is_transient() && attempt < policy.max_attempts => {
+                tracing::warn!(plugin = plugin.name(), event = %ev.id, attempt, error = %e, "transient failure, retrying");
+                tokio::time::sleep(policy.retry_backoff * 2u32.saturating_pow(attempt - 1)).await;
+                attempt += 1;
+            }
+            Err(e) => return Err((e, attempt)),
+        }
+    }
+}
+
+fn fill_defaults(
+    out: &mut Event,
+    input: &Event,
+    plugin: &Plugin,
+    route: &str,
+    stage: usize,
+    n: usize,
+) {
+    if out.id.is_empty() {
+        out.id = derive_id(&input.id, route, stage, n);
+    }
+    if out.version.is_empty() {
+        out.version = "1".into();
+    }
+    if out.source.is_empty() {
+        out.source = format!("urn:switchyard:plugin:{}", plugin.name());
+    }
+    if out.time.is_empty() {
+        out.time = input.time.clone();
+    }
+    if out.key.is_none() {
+        out.key = input.key.clone();
+    }
+    if out.content_type.is_empty() {
+        out.content_type = "application/json".into();
+    }
+    if out.traceparent.is_none() {
+        out.traceparent = input.traceparent.clone();
+    }
+    out.attributes
+        .insert(ATTR_PLUGIN.into(), plugin.name().into());
+    out.attributes
+        .insert(ATTR_PLUGIN_VERSION.into(), plugin.version().into());
+}
+
+fn check_output(topic: &str, ev: &Event, policy: &StagePolicy) -> Result<(), String> {
+    check_topic_name(topic).map_err(|r| format!("output topic: {r}"))?;
+    if policy.reserved_topics.iter().any(|t| t == topic) {
+        return Err(format!("plugins may not write to topic {topic:?}"));
+    }
+    if ev.event_type.is_empty() {
+        return Err(format!("output for topic {topic:?} has an empty type"));
+    }
+    if ev.content_type.contains("json")
+        && let Err(e) = serde_json::from_str::<serde::de::IgnoredAny>(&ev.data)
+    {
+        return Err(format!(
+            "output for topic {topic:?} has data that is not JSON: {e}"
+        ));
+    }
+    Ok(())
+}
+
+/// The dead-letter record for `input` failing on `route`: deterministic id,
+/// the original event whole (so it can be replayed), and why.
+pub fn dead_letter(input: &Event, route: Option<&str>, f: &StageFailure) -> Event {
+    let route_name = route.unwrap_or("");
+    let data = json!({
+        "reason": f.kind,
+        "error": f.error,
+        "route": route,
+        "stage": f.stage,
+        "plugin": f.plugin,
+        "pluginVersion": f.plugin_version,
+        "attempts": f.attempts,
+        "at": chrono::Utc::now().to_rfc3339(),
+        "event": input,
+    });
+    let mut attributes = std::collections::BTreeMap::new();
+    attributes.insert("reason".to_string(), f.kind.clone());
+    if !f.plugin.is_empty() {
+        attributes.insert(ATTR_PLUGIN.into(), f.plugin.clone());
+        attributes.insert(ATTR_PLUGIN_VERSION.into(), f.plugin_version.clone());
+    }
+    Event {
+        id: derive_id(&input.id, route_name, usize::MAX, 0),
+        event_type: DEAD_LETTER_TYPE.into(),
+        version: "1".into(),
+        source: "urn:switchyard:router".into(),
+        key: input.key.clone(),
+        time: input.time.clone(),
+        content_type: "application/json".into(),
+        data: data.to_string(),
+        attributes,
+        traceparent: input.traceparent.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn derived_ids_are_stable_and_distinct() {
+        let a = derive_id("e1", "r", 0, 0);
+        assert_eq!(a, derive_id("e1", "r", 0, 0));
+        assert_ne!(a, derive_id("e1", "r", 0, 1));
+        assert_ne!(a, derive_id("e1", "r2", 0, 0));
+        assert_ne!(a, derive_id("e2", "r", 0, 0));
+    }
+
+    #[test]
+    fn outputs_to_reserved_or_bad_topics_or_with_bad_json_are_refused() {
+        let policy = StagePolicy {
+            max_attempts: 1,
+            retry_backoff: Duration::ZERO,
+            reserved_topics: vec!["events".into()],
+        };
+        let ev = Event {
+            id: "x".into(),
+            event_type: "t".into(),
+            version: "1".into(),
+            source: "s".into(),
+            key: None,
+            time: "2024-01-01T00:00:00Z".into(),
+            content_type: "application/json".into(),
+            data: "{\"a\":1}".into(),
+            attributes: Default::default(),
+            traceparent: None,
+        };
+        assert!(check_output("out", &ev, &policy).is_ok());
+        assert!(
+            check_output("events", &ev, &policy)
+                .unwrap_err()
+                .contains("may not write")
+        );
+        assert!(check_output("a b", &ev, &policy).is_err());
+        let bad = Event {
+            data: "{oops".into(),
+            ..ev.clone()
+        };
+        assert!(
+            check_output("out", &bad, &policy)
+                .unwrap_err()
+                .contains("not JSON")
+        );
+    }
+}

@@ -1,0 +1,97 @@
+//! Sandbox policy in one place: the engine's configuration, the epoch ticker
+//! that enforces call deadlines, and the per-instance resource limits.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use wasmtime::{Config, Engine, StoreLimits, StoreLimitsBuilder};
+
+/// How often the epoch advances. A call's deadline is rounded up to a whole
+/// number of ticks, so this is the resolution of `timeout_ms`; 10 ms costs no
+/// measurable time per call and keeps a runaway plugin's overshoot small.
+pub const EPOCH_TICK: Duration = Duration::from_millis(10);
+
+/// Table elements per instance: generous for real guests (function tables of
+/// JS/Python runtimes hold tens of thousands), small enough to bound memory.
+pub const MAX_TABLE_ELEMENTS: usize = 200_000;
+
+/// Component instances (core modules inside one component) per store: the
+/// Python and JavaScript runtimes instantiate a handful; more is an attack.
+pub const MAX_INSTANCES_PER_STORE: usize = 64;
+
+/// Per-plugin limits, from the plugin's config.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Wall-clock deadline for one call.
+    pub timeout: Duration,
+    /// Linear-memory cap per instance, in bytes.
+    pub memory_bytes: usize,
+    /// Instances kept for parallel calls.
+    pub instances: usize,
+}
+
+impl Limits {
+    /// Epoch ticks that make up `timeout` (at least one).
+    pub fn deadline_ticks(&self) -> u64 {
+        let tick = EPOCH_TICK.as_millis().max(1);
+        (self.timeout.as_millis().div_ceil(tick) as u64).max(1)
+    }
+
+    pub(crate) fn store_limits(&self) -> StoreLimits {
+        StoreLimitsBuilder::new()
+            .memory_size(self.memory_bytes)
+            .table_elements(MAX_TABLE_ELEMENTS)
+            .instances(MAX_INSTANCES_PER_STORE)
+            .trap_on_grow_failure(true)
+            .build()
+    }
+}
+
+/// The one engine shared by every plugin, with the ticker thread that drives
+/// epoch deadlines. Dropping the last clone stops the ticker.
+#[derive(Clone)]
+pub struct SharedEngine {
+    pub(crate) engine: Engine,
+    _ticker: Arc<Ticker>,
+}
+
+struct Ticker {
+    stop: Arc<AtomicBool>,
+}
+
+impl Drop for Ticker {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+impl SharedEngine {
+    pub fn new() -> Result<Self, wasmtime::Error> {
+        let mut config = Config::new();
+        config.wasm_component_model(true);
+        // Deadlines: a thread bumps the epoch; each call gets a budget of ticks.
+        config.epoch_interruption(true);
+        // Plugins are compiled once; spend the time to make calls fast.
+        config.cranelift_opt_level(wasmtime::OptLevel::Speed);
+        let engine = Engine::new(&config)?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let (e, s) = (engine.weak(), stop.clone());
+        std::thread::Builder::new()
+            .name("wasm-epoch".into())
+            .spawn(move || {
+                while !s.load(Ordering::Relaxed) {
+                    std::thread::sleep(EPOCH_TICK);
+                    match e.upgrade() {
+                        Some(engine) => engine.increment_epoch(),
+                        None => break,
+                    }
+                }
+            })
+            .map_err(wasmtime::Error::from)?;
+        Ok(Self {
+            engine,
+            _ticker: Arc::new(Ticker { stop }),
+        })
+    }
+}

@@ -1,0 +1,417 @@
+//! The wasmtime host: one shared engine, components compiled once, a pool of
+//! reusable instances per plugin, and every call under a deadline and a
+//! memory cap.
+//!
+//! **Invariant:** only this module knows about wasmtime. The rest of the router
+//! sees [`Plugin::handle`] taking an [`Event`] and giving [`Output`]s or a
+//! [`CallError`].
+
+mod host;
+mod limits;
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+use tokio::sync::Semaphore;
+use wasmtime::Store;
+use wasmtime::component::Component;
+
+pub use host::KvAccess;
+use host::{Failure, Processor, ProcessorPre, State, WitEvent};
+pub use limits::{EPOCH_TICK, Limits, SharedEngine};
+
+use crate::config::{Capability, PluginConfig};
+use crate::event::Event;
+
+/// The contract version this host implements (the WIT package version).
+pub const CONTRACT_VERSION: &str = "0.1.0";
+
+/// Why a plugin could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("plugin {name}: cannot read {path}: {source}")]
+    Read {
+        name: String,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
+        "plugin {name}: {path} is not a valid switchyard:plugin@{CONTRACT_VERSION} component: {reason}"
+    )]
+    Compile {
+        name: String,
+        path: PathBuf,
+        reason: String,
+    },
+    #[error("plugin {name}: cannot instantiate: {reason}")]
+    Instantiate { name: String, reason: String },
+    #[error("plugin {name}: init refused its config: {reason}")]
+    Init { name: String, reason: String },
+    #[error("wasm engine: {0}")]
+    Engine(String),
+}
+
+/// Why one call of `handle` produced no outputs.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CallError {
+    /// The plugin says the event is bad: dead-letter it.
+    #[error("plugin rejected the event: {0}")]
+    BadEvent(String),
+    /// The plugin says the failure is passing: retry.
+    #[error("plugin reported a transient failure: {0}")]
+    Transient(String),
+    /// The plugin trapped (panic, unreachable, stack overflow...).
+    #[error("plugin trapped: {0}")]
+    Trap(String),
+    /// The call ran past its deadline and was interrupted.
+    #[error("plugin exceeded its deadline of {0:?}")]
+    Timeout(Duration),
+    /// The plugin tried to grow its memory past the cap.
+    #[error("plugin exceeded its memory limit: {0}")]
+    MemoryLimit(String),
+    /// The plugin used a capability it was not granted.
+    #[error("plugin used a capability it was not granted: {0}")]
+    Denied(String),
+    /// The host failed under the plugin (state store unavailable).
+    #[error("host failure during the call: {0}")]
+    Host(String),
+}
+
+impl CallError {
+    /// Whether retrying the same event may succeed.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, CallError::Transient(_) | CallError::Host(_))
+    }
+
+    /// A short machine-readable kind, for dead-letter records and metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            CallError::BadEvent(_) => "bad-event",
+            CallError::Transient(_) => "transient",
+            CallError::Trap(_) => "trap",
+            CallError::Timeout(_) => "timeout",
+            CallError::MemoryLimit(_) => "memory-limit",
+            CallError::Denied(_) => "capability-denied",
+            CallError::Host(_) => "host-failure",
+        }
+    }
+}
+
+/// One output of a call, as the plugin wrote it (the pipeline fills defaults).
+#[derive(Debug, Clone)]
+pub struct Output {
+    pub topic: String,
+    pub event: Event,
+}
+
+/// Everything needed to load one plugin.
+#[derive(Debug, Clone)]
+pub struct PluginSpec {
+    pub name: String,
+    pub path: PathBuf,
+    /// JSON passed to `init`.
+    pub config_json: String,
+    pub limits: Limits,
+    pub grants: Vec<Capability>,
+}
+
+impl PluginSpec {
+    pub fn from_config(name: &str, cfg: &PluginConfig) -> Self {
+        Self {
+            name: name.to_string(),
+            path: cfg.path.get_ref().clone(),
+            config_json: cfg.config_json(),
+            limits: Limits {
+                timeout: Duration::from_millis(cfg.timeout_ms),
+                memory_bytes: usize::try_from(cfg.memory_mb.saturating_mul(1024 * 1024))
+                    .unwrap_or(usize::MAX),
+                instances: cfg.instances,
+            },
+            grants: cfg.capabilities.clone(),
+        }
+    }
+}
+
+/// Loads plugins into the shared engine.
+#[derive(Clone)]
+pub struct PluginHost {
+    engine: SharedEngine,
+    linker: Arc<wasmtime::component::Linker<State>>,
+}
+
+impl PluginHost {
+    pub fn new() -> Result<Self, LoadError> {
+        let engine = SharedEngine::new().map_err(|e| LoadError::Engine(e.to_string()))?;
+        let linker = host::linker(&engine.engine).map_err(|e| LoadError::Engine(e.to_string()))?;
+        Ok(Self {
+            engine,
+            linker: Arc::new(linker),
+        })
+    }
+
+    /// Reads, compiles and links the plugin, then instantiates one instance and
+    /// calls `init`, so a plugin that cannot serve is refused here.
+    pub async fn load(&self, spec: PluginSpec) -> Result<Arc<Plugin>, LoadError> {
+        let bytes = tokio::fs::read(&spec.path)
+            .await
+            .map_err(|source| LoadError::Read {
+                name: spec.name.clone(),
+                path: spec.path.clone(),
+                source,
+            })?;
+        let version = hex::encode(&Sha256::digest(&bytes)[..6]);
+        let engine = self.engine.engine.clone();
+        let compile_err = |reason: String| LoadError::Compile {
+            name: spec.name.clone(),
+            path: spec.path.clone(),
+            reason,
+        };
+        // Compiling is CPU-bound (milliseconds for Rust, seconds for JS/Python).
+        let component =
+            tokio::task::spawn_blocking(move || Component::from_binary(&engine, &bytes))
+                .await
+                .map_err(|e| compile_err(e.to_string()))?
+                .map_err(|e| compile_err(format!("{e:#}")))?;
+        let pre = self
+            .linker
+            .instantiate_pre(&component)
+            .map_err(|e| compile_err(format!("{e:#}")))?;
+        let pre = ProcessorPre::new(pre).map_err(|e| compile_err(format!("{e:#}")))?;
+        let plugin = Arc::new(Plugin {
+            name: spec.name.as_str().into(),
+            version,
+            permits: Semaphore::new(spec.limits.instances),
+            spec,
+            pre,
+            _engine: self.engine.clone(),
+            idle: Mutex::new(Vec::new()),
+            calls: AtomicU64::new(0),
+            failures: AtomicU64::new(0),
+        });
+        let first = plugin.instantiate().await?;
+        plugin.release(first);
+        Ok(plugin)
+    }
+}
+
+struct Instance {
+    store: Store<State>,
+    proc: Processor,
+}
+
+/// A loaded plugin version with its instance pool.
+pub struct Plugin {
+    name: Arc<str>,
+    version: String,
+    spec: PluginSpec,
+    pre: ProcessorPre<State>,
+    /// Keeps the engine (and its epoch ticker) alive as long as the plugin.
+    _engine: SharedEngine,
+    /// Instances ready for a call; a trapped instance is never put back.
+    idle: Mutex<Vec<Instance>>,
+    /// Bounds the instances in use (and so in memory) at once.
+    permits: Semaphore,
+    calls: AtomicU64,
+    failures: AtomicU64,
+}
+
+impl std::fmt::Debug for Plugin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Plugin")
+            .field("name", &self.name)
+            .field("version", &self.version)
+            .finish()
+    }
+}
+
+impl Plugin {
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// First 12 hex digits of the SHA-256 of the component file.
+    pub fn version(&self) -> &str {
+        &self.version
+    }
+
+    pub fn spec(&self) -> &PluginSpec {
+        &self.spec
+    }
+
+    /// Calls made and calls that failed, since load.
+    pub fn counts(&self) -> (u64, u64) {
+        (
+            self.calls.load(Ordering::Relaxed),
+            self.failures.load(Ordering::Relaxed),
+        )
+    }
+
+    async fn instantiate(&self) -> Result<Instance, LoadError> {
+        let state = State::new(
+            self.name.clone(),
+            self.spec.grants.clone(),
+            self.spec.limits.store_limits(),
+        );
+        let mut store = Store::new(self.pre.engine(), state);
+        store.limiter(|s| &mut s.limits);
+        store.epoch_deadline_trap();
+        store.set_epoch_deadline(self.spec.limits.deadline_ticks());
+        let inst_err = |e: wasmtime::Error| LoadError::Instantiate {
+            name: self.name.to_string(),
+            reason: format!("{e:#}"),
+        };
+        let proc = self
+            .pre
+            .instantiate_async(&mut store)
+            .await
+            .map_err(inst_err)?;
+        store.set_epoch_deadline(self.spec.limits.deadline_ticks());
+        proc.call_init(&mut store, &self.spec.config_json)
+            .await
+            .map_err(inst_err)?
+            .map_err(|reason| LoadError::Init {
+                name: self.name.to_string(),
+                reason,
+            })?;
+        Ok(Instance { store, proc })
+    }
+
+    fn release(&self, inst: Instance) {
+        self.idle
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(inst);
+    }
+
+    /// Runs `handle` on one event. `kv` is the event's view of the plugin's
+    /// state (required when the plugin is granted `kv`).
+    pub async fn handle(
+        &self,
+        ev: &Event,
+        kv: Option<Arc<dyn KvAccess>>,
+    ) -> Result<Vec<Output>, CallError> {
+        self.calls.fetch_add(1, Ordering::Relaxed);
+        let r = self.call(ev, kv).await;
+        if r.is_err() {
+            self.failures.fetch_add(1, Ordering::Relaxed);
+        }
+        r
+    }
+
+    async fn call(
+        &self,
+        ev: &Event,
+        kv: Option<Arc<dyn KvAccess>>,
+    ) -> Result<Vec<Output>, CallError> {
+        let _permit = self
+            .permits
+            .acquire()
+            .await
+            .map_err(|_| CallError::Host("plugin is shutting down".into()))?;
+        let pooled = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
+        let mut inst = match pooled {
+            Some(i) => i,
+            // A fresh instance can fail only for resource reasons (memory):
+            // the event is not at fault, so it is worth a retry.
+            None => self
+                .instantiate()
+                .await
+                .map_err(|e| CallError::Host(e.to_string()))?,
+        };
+        let state = inst.store.data_mut();
+        state.kv = kv;
+        state.host_fault = None;
+        state.denied = None;
+        inst.store
+            .set_epoch_deadline(self.spec.limits.deadline_ticks());
+        let result = inst.proc.call_handle(&mut inst.store, &to_wit(ev)).await;
+        inst.store.data_mut().kv = None;
+        match result {
+            Ok(Ok(outputs)) => {
+                self.release(inst);
+                Ok(outputs
+                    .into_iter()
+                    .map(|o| Output {
+                        topic: o.topic,
+                        event: from_wit(o.event),
+                    })
+                    .collect())
+            }
+            Ok(Err(failure)) => {
+                self.release(inst);
+                Err(match failure {
+                    Failure::BadEvent(r) => CallError::BadEvent(r),
+                    Failure::Transient(r) => CallError::Transient(r),
+                })
+            }
+            // After a trap the instance cannot be entered again: drop it.
+            Err(e) => Err(self.classify(inst.store.data(), e)),
+        }
+    }
+
+    fn classify(&self, state: &State, e: wasmtime::Error) -> CallError {
+        if let Some(d) = &state.denied {
+            return CallError::Denied(d.clone());
+        }
+        if let Some(f) = &state.host_fault {
+            return CallError::Host(f.clone());
+        }
+        if matches!(
+            e.downcast_ref::<wasmtime::Trap>(),
+            Some(wasmtime::Trap::Interrupt)
+        ) {
+            return CallError::Timeout(self.spec.limits.timeout);
+        }
+        let text = format!("{e:#}");
+        if text.contains("forcing trap when growing memory") {
+            return CallError::MemoryLimit(format!(
+                "cap is {} bytes: {}",
+                self.spec.limits.memory_bytes,
+                first_line(&text)
+            ));
+        }
+        CallError::Trap(first_line(&text).to_string())
+    }
+}
+
+fn first_line(s: &str) -> &str {
+    s.lines().next().unwrap_or(s)
+}
+
+fn to_wit(ev: &Event) -> WitEvent {
+    WitEvent {
+        id: ev.id.clone(),
+        type_: ev.event_type.clone(),
+        version: ev.version.clone(),
+        source: ev.source.clone(),
+        key: ev.key.clone(),
+        time: ev.time.clone(),
+        content_type: ev.content_type.clone(),
+        data: ev.data.clone(),
+        attributes: ev
+            .attributes
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
+        traceparent: ev.traceparent.clone(),
+    }
+}
+
+fn from_wit(ev: WitEvent) -> Event {
+    Event {
+        id: ev.id,
+        event_type: ev.type_,
+        version: ev.version,
+        source: ev.source,
+        key: ev.key,
+        time: ev.time,
+        content_type: ev.content_type,
+        data: ev.data,
+        attributes: ev.attributes.into_iter().collect(),
+        traceparent: ev.traceparent,
+    }
+}

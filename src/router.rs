@@ -1,0 +1,126 @@
+//! The route table: event-type globs → named pipelines of plugin stages.
+//!
+//! Every route whose patterns match an event runs, in the order of the config
+//! (like subscriptions on a topic), so one event can feed a projection and a
+//! transform at once.
+
+use std::sync::Arc;
+
+use crate::plugin::Plugin;
+
+/// One route: patterns and the plugins of its pipeline, in order.
+#[derive(Debug, Clone)]
+pub struct Route {
+    pub name: String,
+    pub patterns: Vec<String>,
+    pub stages: Vec<Arc<Plugin>>,
+}
+
+impl Route {
+    pub fn matches(&self, event_type: &str) -> bool {
+        self.patterns
+            .iter()
+            .any(|p| glob_match::glob_match(p, event_type))
+    }
+}
+
+/// All routes, in config order.
+#[derive(Debug, Clone, Default)]
+pub struct RouteTable {
+    routes: Vec<Route>,
+}
+
+impl RouteTable {
+    pub fn new(routes: Vec<Route>) -> Self {
+        Self { routes }
+    }
+
+    /// The routes that take `event_type`, in order.
+    pub fn matching<'a>(&'a self, event_type: &'a str) -> impl Iterator<Item = &'a Route> + 'a {
+        self.routes.iter().filter(move |r| r.matches(event_type))
+    }
+
+    pub fn is_routed(&self, event_type: &str) -> bool {
+        self.matching(event_type).next().is_some()
+    }
+
+    pub fn routes(&self) -> &[Route] {
+        &self.routes
+    }
+}
+
+/// Checks an event-type glob: `*` matches within and across dots, `?` one
+/// character, `{a,b}` alternatives, `[...]` classes; brackets and braces must
+/// balance and the pattern must not be empty.
+pub fn check_pattern(p: &str) -> Result<(), String> {
+    if p.is_empty() {
+        return Err("empty pattern".into());
+    }
+    let (mut square, mut brace) = (0i32, 0i32);
+    for c in p.chars() {
+        match c {
+            '[' => square += 1,
+            ']' => square -= 1,
+            '{' => brace += 1,
+            '}' => brace -= 1,
+            _ => {}
+        }
+        if square < 0 || brace < 0 || square > 1 {
+            return Err(format!("pattern {p:?} has unbalanced brackets"));
+        }
+    }
+    if square != 0 || brace != 0 {
+        return Err(format!("pattern {p:?} has unbalanced brackets"));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn route(name: &str, patterns: &[&str]) -> Route {
+        Route {
+            name: name.into(),
+            patterns: patterns.iter().map(|s| s.to_string()).collect(),
+            stages: vec![],
+        }
+    }
+
+    #[test]
+    fn globs_match_event_types() {
+        let r = route("r", &["prison-offender-events.prisoner.*"]);
+        assert!(r.matches("prison-offender-events.prisoner.released"));
+        assert!(r.matches("prison-offender-events.prisoner.received"));
+        assert!(!r.matches("probation-case.engagement.created"));
+        assert!(!r.matches("prison-offender-events.prisoner"));
+        let r = route("r", &["*.prisoner.{received,released}"]);
+        assert!(r.matches("prison-offender-events.prisoner.received"));
+        assert!(!r.matches("prison-offender-events.prisoner.merged"));
+        let exact = route("e", &["a.b"]);
+        assert!(exact.matches("a.b") && !exact.matches("a.bc"));
+    }
+
+    #[test]
+    fn every_matching_route_runs_in_order() {
+        let t = RouteTable::new(vec![
+            route("a", &["x.*"]),
+            route("b", &["y"]),
+            route("c", &["*"]),
+        ]);
+        let names: Vec<_> = t.matching("x.1").map(|r| r.name.as_str()).collect();
+        assert_eq!(names, vec!["a", "c"]);
+        assert!(t.is_routed("anything"));
+        let t = RouteTable::new(vec![route("b", &["y"])]);
+        assert!(!t.is_routed("x"));
+    }
+
+    #[test]
+    fn bad_patterns_are_refused() {
+        assert!(check_pattern("a.[b").is_err());
+        assert!(check_pattern("a.{b,c").is_err());
+        assert!(check_pattern("a]").is_err());
+        assert!(check_pattern("").is_err());
+        assert!(check_pattern("a.*.{b,c}").is_ok());
+    }
+}

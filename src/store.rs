@@ -1,0 +1,488 @@
+//! The embedded durable store: append-only topics with offsets from 0,
+//! consumer cursors, and plugin key-value state, on `redb`.
+//!
+//! All writes go through one writer thread that coalesces whatever is queued
+//! into a single `redb` transaction with immediate durability (group commit):
+//! many concurrent ingest requests cost one fsync, and every caller learns its
+//! outcome only after the commit returned. A write that was acknowledged is on
+//! disk; a `kill -9` cannot take it back.
+//!
+//! **Invariant:** a topic's offsets are dense and start at 0; a record, once
+//! written, never changes.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, mpsc};
+
+use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
+use tokio::sync::{oneshot, watch};
+
+use crate::event::Event;
+
+/// `(topic, offset)` → the event as JSON.
+const LOG: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("log");
+/// topic → next offset (the topic's length).
+const TOPICS: TableDefinition<&str, u64> = TableDefinition::new("topics");
+/// consumer name → next offset to read.
+const CURSORS: TableDefinition<&str, u64> = TableDefinition::new("cursors");
+/// `(namespace, key)` → value: plugin state.
+const KV: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("kv");
+
+/// Most jobs folded into one transaction: bounds the latency a large queue
+/// adds to the first caller in it.
+const MAX_JOBS_PER_COMMIT: usize = 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("cannot open store at {path}: {source}")]
+    Open {
+        path: PathBuf,
+        #[source]
+        source: Box<redb::Error>,
+    },
+    #[error("store write failed: {0}")]
+    Write(String),
+    #[error("store read failed: {0}")]
+    Read(String),
+    #[error("record {topic}@{offset} is corrupt: {reason}")]
+    Corrupt {
+        topic: String,
+        offset: u64,
+        reason: String,
+    },
+    #[error("store is closed")]
+    Closed,
+}
+
+fn read_err(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Read(e.to_string())
+}
+
+/// One record of a topic.
+#[derive(Debug, Clone)]
+pub struct Record {
+    pub offset: u64,
+    pub event: Event,
+}
+
+/// Everything one caller wants written atomically.
+#[derive(Debug, Default)]
+pub struct WriteBatch {
+    /// Events to append, in order.
+    pub appends: Vec<(String, Event)>,
+    /// Consumer cursors to set (next offset to read).
+    pub cursors: Vec<(String, u64)>,
+    /// Plugin state changes: `(namespace, key, Some(value) | None = delete)`.
+    pub kv: Vec<(String, String, Option<Vec<u8>>)>,
+}
+
+impl WriteBatch {
+    pub fn is_empty(&self) -> bool {
+        self.appends.is_empty() && self.cursors.is_empty() && self.kv.is_empty()
+    }
+}
+
+struct Job {
+    batch: WriteBatch,
+    reply: oneshot::Sender<Result<Vec<u64>, StoreError>>,
+}
+
+/// A handle to the store; cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    db: Arc<Database>,
+    path: PathBuf,
+    jobs: Mutex<Option<mpsc::Sender<Job>>>,
+    /// topic → its length, published after each commit (live readers wait on it).
+    watchers: Mutex<HashMap<String, watch::Sender<u64>>>,
+    writer: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+impl Store {
+    /// Opens (or creates) the store in `dir`.
+    pub fn open(dir: &Path) -> Result<Self, StoreError> {
+        let open_err = |e: redb::Error| StoreError::Open {
+            path: dir.to_path_buf(),
+            source: Box::new(e),
+        };
+        std::fs::create_dir_all(dir).map_err(|e| open_err(redb::StorageError::Io(e).into()))?;
+        let path = dir.join("switchyard.redb");
+        let db = Database::create(&path).map_err(|e| open_err(e.into()))?;
+        // Create the tables so readers never see "table does not exist".
+        let txn = db.begin_write().map_err(|e| open_err(e.into()))?;
+        {
+            txn.open_table(LOG).map_err(|e| open_err(e.into()))?;
+            txn.open_table(TOPICS).map_err(|e| open_err(e.into()))?;
+            txn.open_table(CURSORS).map_err(|e| open_err(e.into()))?;
+            txn.open_table(KV).map_err(|e| open_err(e.into()))?;
+        }
+        txn.commit().map_err(|e| open_err(e.into()))?;
+        let db = Arc::new(db);
+        let (tx, rx) = mpsc::channel::<Job>();
+        let inner = Arc::new(Inner {
+            db: db.clone(),
+            path,
+            jobs: Mutex::new(Some(tx)),
+            watchers: Mutex::new(HashMap::new()),
+            writer: Mutex::new(None),
+        });
+        let weak = Arc::downgrade(&inner);
+        let handle = std::thread::Builder::new()
+            .name("store-writer".into())
+            .spawn(move || writer_loop(&db, rx, weak))
+            .map_err(|e| open_err(redb::StorageError::Io(e).into()))?;
+        *lock(&inner.writer) = Some(handle);
+        Ok(Self { inner })
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    /// Writes `batch` atomically and durably; returns the offsets assigned to
+    /// its appends, in order.
+    pub async fn write(&self, batch: WriteBatch) -> Result<Vec<u64>, StoreError> {
+        let (reply, rx) = oneshot::channel();
+        {
+            let jobs = lock(&self.inner.jobs);
+            let tx = jobs.as_ref().ok_or(StoreError::Closed)?;
+            tx.send(Job { batch, reply })
+                .map_err(|_| StoreError::Closed)?;
+        }
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Up to `limit` records of `topic` from offset `from`.
+    pub fn read(&self, topic: &str, from: u64, limit: usize) -> Result<Vec<Record>, StoreError> {
+        let txn = self.inner.db.begin_read().map_err(read_err)?;
+        let table = txn.open_table(LOG).map_err(read_err)?;
+        let mut out = Vec::new();
+        for item in table
+            .range((topic, from)..(topic, u64::MAX))
+            .map_err(read_err)?
+        {
+            if out.len() >= limit {
+                break;
+            }
+            let (k, v) = item.map_err(read_err)?;
+            let offset = k.value().1;
+            let event = serde_json::from_slice(v.value()).map_err(|e| StoreError::Corrupt {
+                topic: topic.to_string(),
+                offset,
+                reason: e.to_string(),
+            })?;
+            out.push(Record { offset, event });
+        }
+        Ok(out)
+    }
+
+    /// Every topic with its length, by name.
+    pub fn topics(&self) -> Result<Vec<(String, u64)>, StoreError> {
+        let txn = self.inner.db.begin_read().map_err(read_err)?;
+        let table = txn.open_table(TOPICS).map_err(read_err)?;
+        let mut out = Vec::new();
+        for item in table.iter().map_err(read_err)? {
+            let (k, v) = item.map_err(read_err)?;
+            out.push((k.value().to_string(), v.value()));
+        }
+        Ok(out)
+    }
+
+    /// Number of records in `topic` (0 for a topic never written).
+    pub fn topic_len(&self, topic: &str) -> Result<u64, StoreError> {
+        let txn = self.inner.db.begin_read().map_err(read_err)?;
+        let table = txn.open_table(TOPICS).map_err(read_err)?;
+        Ok(table
+            .get(topic)
+            .map_err(read_err)?
+            .map(|v| v.value())
+            .unwrap_or(0))
+    }
+
+    /// The consumer's next offset (0 if it never committed).
+    pub fn cursor(&self, consumer: &str) -> Result<u64, StoreError> {
+        let txn = self.inner.db.begin_read().map_err(read_err)?;
+        let table = txn.open_table(CURSORS).map_err(read_err)?;
+        Ok(table
+            .get(consumer)
+            .map_err(read_err)?
+            .map(|v| v.value())
+            .unwrap_or(0))
+    }
+
+    /// A plugin state value.
+    pub fn kv_get(&self, namespace: &str, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let txn = self.inner.db.begin_read().map_err(read_err)?;
+        let table = txn.open_table(KV).map_err(read_err)?;
+        Ok(table
+            .get((namespace, key))
+            .map_err(read_err)?
+            .map(|v| v.value().to_vec()))
+    }
+
+    /// Plugin state entries whose key starts with `prefix`, in key order.
+    pub fn kv_scan(
+        &self,
+        namespace: &str,
+        prefix: &str,
+        limit: usize,
+    ) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        let txn = self.inner.db.begin_read().map_err(read_err)?;
+        let table = txn.open_table(KV).map_err(read_err)?;
+        let mut out = Vec::new();
+        for item in table.range((namespace, prefix)..).map_err(read_err)? {
+            let (k, v) = item.map_err(read_err)?;
+            let (ns, key) = k.value();
+            if ns != namespace || !key.starts_with(prefix) || out.len() >= limit {
+                break;
+            }
+            out.push((key.to_string(), v.value().to_vec()));
+        }
+        Ok(out)
+    }
+
+    /// Watches the length of `topic`: changes after every commit that appends to it.
+    pub fn watch(&self, topic: &str) -> watch::Receiver<u64> {
+        let mut map = lock(&self.inner.watchers);
+        if let Some(tx) = map.get(topic) {
+            return tx.subscribe();
+        }
+        let len = self.topic_len(topic).unwrap_or(0);
+        let (tx, rx) = watch::channel(len);
+        map.insert(topic.to_string(), tx);
+        rx
+    }
+
+    /// Stops the writer after the queued writes are committed. Later writes
+    /// fail with [`StoreError::Closed`].
+    pub fn close(&self) {
+        lock(&self.inner.jobs).take();
+        if let Some(h) = lock(&self.inner.writer).take() {
+            let _ = h.join();
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn writer_loop(db: &Database, rx: mpsc::Receiver<Job>, inner: std::sync::Weak<Inner>) {
+    while let Ok(first) = rx.recv() {
+        let mut jobs = vec![first];
+        while jobs.len() < MAX_JOBS_PER_COMMIT {
+            match rx.try_recv() {
+                Ok(j) => jobs.push(j),
+                Err(_) => break,
+            }
+        }
+        match commit(db, &jobs) {
+            Ok((offsets, lengths)) => {
+                for (job, offs) in jobs.into_iter().zip(offsets) {
+                    let _ = job.reply.send(Ok(offs));
+                }
+                if let Some(inner) = inner.upgrade() {
+                    let map = lock(&inner.watchers);
+                    for (topic, len) in lengths {
+                        if let Some(tx) = map.get(&topic) {
+                            tx.send_replace(len);
+                        }
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, jobs = jobs.len(), "store commit failed");
+                for job in jobs {
+                    let _ = job.reply.send(Err(StoreError::Write(e.clone())));
+                }
+            }
+        }
+    }
+}
+
+type Committed = (Vec<Vec<u64>>, HashMap<String, u64>);
+
+fn commit(db: &Database, jobs: &[Job]) -> Result<Committed, String> {
+    let s = |e: &dyn std::fmt::Display| e.to_string();
+    let mut txn = db.begin_write().map_err(|e| s(&e))?;
+    txn.set_durability(Durability::Immediate)
+        .map_err(|e| s(&e))?;
+    let mut lengths: HashMap<String, u64> = HashMap::new();
+    let mut offsets = Vec::with_capacity(jobs.len());
+    {
+        let mut log = txn.open_table(LOG).map_err(|e| s(&e))?;
+        let mut topics = txn.open_table(TOPICS).map_err(|e| s(&e))?;
+        let mut cursors = txn.open_table(CURSORS).map_err(|e| s(&e))?;
+        let mut kv = txn.open_table(KV).map_err(|e| s(&e))?;
+        for job in jobs {
+            let mut offs = Vec::with_capacity(job.batch.appends.len());
+            for (topic, event) in &job.batch.appends {
+                let next = match lengths.get(topic) {
+                    Some(n) => *n,
+                    None => topics
+                        .get(topic.as_str())
+                        .map_err(|e| s(&e))?
+                        .map(|v| v.value())
+                        .unwrap_or(0),
+                };
+                let bytes = serde_json::to_vec(event).map_err(|e| s(&e))?;
+                log.insert((topic.as_str(), next), bytes.as_slice())
+                    .map_err(|e| s(&e))?;
+                lengths.insert(topic.clone(), next + 1);
+                offs.push(next);
+            }
+            for (consumer, offset) in &job.batch.cursors {
+                cursors
+                    .insert(consumer.as_str(), *offset)
+                    .map_err(|e| s(&e))?;
+            }
+            for (ns, key, value) in &job.batch.kv {
+                match value {
+                    Some(v) => kv
+                        .insert((ns.as_str(), key.as_str()), v.as_slice())
+                        .map(|_| ()),
+                    None => kv.remove((ns.as_str(), key.as_str())).map(|_| ()),
+                }
+                .map_err(|e| s(&e))?;
+            }
+            offsets.push(offs);
+        }
+        for (topic, len) in &lengths {
+            topics.insert(topic.as_str(), *len).map_err(|e| s(&e))?;
+        }
+    }
+    txn.commit().map_err(|e| s(&e))?;
+    Ok((offsets, lengths))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ev(id: &str) -> Event {
+        Event {
+            id: id.into(),
+            event_type: "t".into(),
+            version: "1".into(),
+            source: "s".into(),
+            key: None,
+            time: "2024-06-11T14:41:22Z".into(),
+            content_type: "application/json".into(),
+            data: "{}".into(),
+            attributes: Default::default(),
+            traceparent: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn appends_are_dense_per_topic_and_survive_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let mut w = store.watch("a");
+        let offs = store
+            .write(WriteBatch {
+                appends: vec![
+                    ("a".into(), ev("1")),
+                    ("b".into(), ev("2")),
+                    ("a".into(), ev("3")),
+                ],
+                cursors: vec![("c".into(), 7)],
+                kv: vec![("ns".into(), "k1".into(), Some(b"v".to_vec()))],
+            })
+            .await
+            .unwrap();
+        assert_eq!(offs, vec![0, 0, 1]);
+        w.changed().await.unwrap();
+        assert_eq!(*w.borrow(), 2);
+        let offs = store
+            .write(WriteBatch {
+                appends: vec![("a".into(), ev("4"))],
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(offs, vec![2]);
+        store.close();
+        drop(store);
+
+        let store = Store::open(dir.path()).unwrap();
+        let recs = store.read("a", 1, 10).unwrap();
+        let ids: Vec<_> = recs
+            .iter()
+            .map(|r| (r.offset, r.event.id.as_str()))
+            .collect();
+        assert_eq!(ids, vec![(1, "3"), (2, "4")]);
+        assert_eq!(
+            store.topics().unwrap(),
+            vec![("a".into(), 3), ("b".into(), 1)]
+        );
+        assert_eq!(store.cursor("c").unwrap(), 7);
+        assert_eq!(store.cursor("other").unwrap(), 0);
+        assert_eq!(store.kv_get("ns", "k1").unwrap(), Some(b"v".to_vec()));
+        assert_eq!(store.read("a", 0, 1).unwrap().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn kv_scan_stays_in_namespace_and_prefix() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let kv = ["p/1", "p/2", "q/1"]
+            .iter()
+            .map(|k| ("ns".to_string(), k.to_string(), Some(k.as_bytes().to_vec())))
+            .chain([("nt".to_string(), "p/3".to_string(), Some(vec![1]))])
+            .collect();
+        store
+            .write(WriteBatch {
+                kv,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        let got: Vec<_> = store
+            .kv_scan("ns", "p/", 10)
+            .unwrap()
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect();
+        assert_eq!(got, vec!["p/1", "p/2"]);
+        assert_eq!(store.kv_scan("ns", "p/", 1).unwrap().len(), 1);
+        store
+            .write(WriteBatch {
+                kv: vec![("ns".into(), "p/1".into(), None)],
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(store.kv_get("ns", "p/1").unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn concurrent_writers_get_distinct_offsets() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let mut tasks = Vec::new();
+        for i in 0..50 {
+            let s = store.clone();
+            tasks.push(tokio::spawn(async move {
+                s.write(WriteBatch {
+                    appends: vec![("t".into(), ev(&i.to_string()))],
+                    ..Default::default()
+                })
+                .await
+                .unwrap()[0]
+            }));
+        }
+        let mut offs = Vec::new();
+        for t in tasks {
+            offs.push(t.await.unwrap());
+        }
+        offs.sort();
+        assert_eq!(offs, (0..50).collect::<Vec<u64>>());
+        assert_eq!(store.topic_len("t").unwrap(), 50);
+    }
+}

@@ -11,7 +11,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use futures::Stream;
+use futures::{Stream, StreamExt};
 use serde::Deserialize;
 use serde_json::json;
 
@@ -134,7 +134,11 @@ async fn stream(
         .and_then(|v| v.parse::<u64>().ok())
         .map(|o| o + 1);
     let from = resume.or(q.from).unwrap_or(0);
-    Sse::new(live(rt, topic, from))
+    let mut stopping = rt.stopping.subscribe();
+    let stream = live(rt, topic, from).take_until(async move {
+        let _ = stopping.wait_for(|s| *s).await;
+    });
+    Sse::new(stream)
         .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
         .into_response()
 }

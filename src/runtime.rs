@@ -6,6 +6,8 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::{Arc, RwLock};
 
+use tokio::sync::watch;
+
 use crate::config::Config;
 use crate::envelope::IngestDefaults;
 use crate::pipeline::Routes;
@@ -33,6 +35,9 @@ pub struct Runtime {
     pub plugins: RwLock<BTreeMap<String, Arc<Plugin>>>,
     pub host: PluginHost,
     pub ingest: IngestDefaults,
+    /// Turns true when the router is shutting down; long-lived responses
+    /// (live streams) end on it so the listener can drain.
+    pub stopping: watch::Sender<bool>,
 }
 
 impl Runtime {
@@ -56,6 +61,7 @@ impl Runtime {
             plugins: RwLock::new(plugins),
             host,
             ingest,
+            stopping: watch::Sender::new(false),
         }))
     }
 

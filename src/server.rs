@@ -32,9 +32,11 @@ pub async fn serve(
     );
     let consumer = tokio::spawn(pipeline.run(shutdown.clone()));
     let mut http_stop = shutdown.clone();
+    let stopping = rt.stopping.clone();
     let served = axum::serve(listener, app(rt.clone()))
         .with_graceful_shutdown(async move {
             let _ = http_stop.wait_for(|s| *s).await;
+            stopping.send_replace(true);
         })
         .await;
     if let Err(e) = consumer.await {

@@ -117,4 +117,7 @@ fn topics_list_and_live_stream() {
     let live = next_data();
     assert_eq!(live["offset"], 1);
     assert_eq!(live["data"]["status"], "OUT");
+    // A clean shutdown ends open streams instead of waiting on them.
+    router.stop();
+    assert!(lines.all(|l| l.is_ok()), "the stream ends cleanly");
 }

@@ -7,7 +7,13 @@ cd "$(dirname "${BASH_SOURCE[0]}")"
 
 TARGET=wasm32-wasip2
 # Crate names of the plugins; each becomes dist/<name>.wasm.
-COMPONENTS=(prisoner-projection domain-fanout chaos)
+COMPONENTS=(prisoner-projection domain-fanout chaos versioned counter-projection)
+# Extra builds of test plugins with features: "<crate> <feature> <dist name>".
+VARIANTS=(
+    "versioned v2 versioned-v2"
+    "versioned trap-init versioned-trap-init"
+    "counter-projection v2 counter-projection-v2"
+)
 
 if command -v rustup >/dev/null 2>&1; then
     if ! rustup target list --installed | grep -qx "$TARGET"; then
@@ -33,6 +39,17 @@ for name in "${COMPONENTS[@]}"; do
         exit 1
     fi
     # Copy aside and rename, so a router watching dist/ never sees half a file.
+    cp "$src" "$dst.tmp"
+    mv "$dst.tmp" "$dst"
+    printf '%-40s %8d bytes\n' "plugins/$dst" "$(wc -c <"$dst")"
+done
+
+# Variants last: each rebuild of a crate overwrites its artefact in target/.
+for variant in "${VARIANTS[@]}"; do
+    read -r crate feature name <<<"$variant"
+    cargo build --release --target "$TARGET" -p "$crate" --features "$feature"
+    src="$target_dir/$TARGET/release/${crate//-/_}.wasm"
+    dst="dist/$name.wasm"
     cp "$src" "$dst.tmp"
     mv "$dst.tmp" "$dst"
     printf '%-40s %8d bytes\n' "plugins/$dst" "$(wc -c <"$dst")"

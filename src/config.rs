@@ -67,6 +67,8 @@ pub struct Config {
     pub schemas: SchemaConfig,
     #[serde(default)]
     pub router: RouterConfig,
+    #[serde(default)]
+    pub reload: ReloadConfig,
     /// Plugins by name.
     #[serde(default)]
     pub plugins: BTreeMap<String, PluginConfig>,
@@ -78,7 +80,7 @@ pub struct Config {
     pub file: PathBuf,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ServerConfig {
     /// Address of the HTTP listener (ingest, read API, admin).
@@ -96,7 +98,7 @@ impl Default for ServerConfig {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct IngestConfig {
     /// Topic that accepted events are appended to.
@@ -131,7 +133,7 @@ pub struct SchemaConfig {
     pub types_dir: Option<Spanned<PathBuf>>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RouterConfig {
     /// Name of the router's durable cursor on the ingest topic.
@@ -162,6 +164,19 @@ impl Default for RouterConfig {
     }
 }
 
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReloadConfig {
+    /// Watch plugin, config and schema files and reload them on change.
+    pub watch: bool,
+}
+
+impl Default for ReloadConfig {
+    fn default() -> Self {
+        Self { watch: true }
+    }
+}
+
 /// Host capabilities a plugin may be granted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -171,7 +186,7 @@ pub enum Capability {
     Kv,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PluginConfig {
     /// The component file (`.wasm`).
@@ -191,6 +206,10 @@ pub struct PluginConfig {
     /// Granted host capabilities.
     #[serde(default = "default_caps")]
     pub capabilities: Vec<Capability>,
+    /// A projection keeps derived state in `kv`; a new version of its code is
+    /// rebuilt from the event log into fresh state before it takes over.
+    #[serde(default)]
+    pub projection: bool,
 }
 
 fn default_timeout() -> u64 {
@@ -342,6 +361,12 @@ impl Config {
                     ),
                 ));
             }
+            if p.projection && !p.capabilities.contains(&Capability::Kv) {
+                return Err(whole(
+                    &format!("{key}.capabilities"),
+                    "a projection keeps its state in kv: grant \"kv\"".into(),
+                ));
+            }
             for (field, value) in [
                 ("timeout_ms", p.timeout_ms),
                 ("memory_mb", p.memory_mb),
@@ -382,11 +407,23 @@ impl Config {
                 ));
             }
             for (j, stage) in r.pipeline.iter().enumerate() {
-                if !self.plugins.contains_key(stage.get_ref()) {
+                let Some(plugin) = self.plugins.get(stage.get_ref()) else {
                     return Err(at.error(
                         Some(stage.span()),
                         &format!("{key}.pipeline[{j}]"),
                         format!("unknown plugin {:?} (not under [plugins])", stage.get_ref()),
+                    ));
+                };
+                // A rebuild replays the log into the projection directly, so
+                // nothing may stand between the log and it.
+                if plugin.projection && j > 0 {
+                    return Err(at.error(
+                        Some(stage.span()),
+                        &format!("{key}.pipeline[{j}]"),
+                        format!(
+                            "projection {:?} must be the first stage of its routes",
+                            stage.get_ref()
+                        ),
                     ));
                 }
             }

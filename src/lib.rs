@@ -9,6 +9,7 @@
 //! * [`router`] — the route table: event-type globs → pipelines.
 //! * [`pipeline`] — the consumer: batches, keyed order, stages, kv, dead-letter, cursor.
 //! * [`plugin`] — the wasmtime host (the only module that knows wasmtime).
+//! * [`reload`] — hot reload: file watcher, verify-then-swap, projection rebuilds.
 //! * [`store`] — the embedded durable log, cursors and plugin state, on `redb`.
 //! * [`transport`] — sources and sinks: HTTP ingest today.
 //! * [`admin`] — read API (topics, events, live stream) and health.
@@ -20,6 +21,7 @@ pub mod envelope;
 pub mod event;
 pub mod pipeline;
 pub mod plugin;
+pub mod reload;
 pub mod router;
 pub mod runtime;
 pub mod schema;

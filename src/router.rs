@@ -8,12 +8,20 @@ use std::sync::Arc;
 
 use crate::plugin::Plugin;
 
-/// One route: patterns and the plugins of its pipeline, in order.
+/// One stage of a pipeline: a loaded plugin version and the state namespace
+/// its `kv` calls use (a projection's namespace changes with each rebuild).
+#[derive(Debug, Clone)]
+pub struct Stage {
+    pub plugin: Arc<Plugin>,
+    pub namespace: String,
+}
+
+/// One route: patterns and the stages of its pipeline, in order.
 #[derive(Debug, Clone)]
 pub struct Route {
     pub name: String,
     pub patterns: Vec<String>,
-    pub stages: Vec<Arc<Plugin>>,
+    pub stages: Vec<Stage>,
 }
 
 impl Route {
@@ -46,6 +54,18 @@ impl RouteTable {
 
     pub fn routes(&self) -> &[Route] {
         &self.routes
+    }
+
+    /// The same table with every stage running plugin `name` replaced by
+    /// `stage`: a swap builds the new table aside and replaces it whole.
+    pub fn with_stage(&self, name: &str, stage: &Stage) -> Self {
+        let mut routes = self.routes.clone();
+        for s in routes.iter_mut().flat_map(|r| r.stages.iter_mut()) {
+            if s.plugin.name() == name {
+                *s = stage.clone();
+            }
+        }
+        Self { routes }
     }
 }
 

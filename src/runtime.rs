@@ -1,18 +1,23 @@
 //! The running router's parts, put together from a config: the store, the
 //! schema registry, the loaded plugins and the route table. HTTP handlers,
-//! the pipeline and (later) reload all work through one `Runtime`.
+//! the pipeline and reload all work through one `Runtime`.
+//!
+//! What reload may replace (plugins, routes, schemas, the live config) sits
+//! behind `RwLock<Arc<..>>`: readers take a snapshot, a swap replaces the
+//! `Arc` whole, so a reader never sees half of a change.
 
 use std::collections::BTreeMap;
-use std::path::Path;
-use std::sync::{Arc, RwLock};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
 
 use tokio::sync::watch;
 
 use crate::config::Config;
 use crate::envelope::IngestDefaults;
 use crate::pipeline::Routes;
-use crate::plugin::{LoadError, Plugin, PluginHost, PluginSpec};
-use crate::router::{Route, RouteTable};
+use crate::plugin::{LoadError, PluginHost, PluginSpec};
+use crate::reload::{PendingRebuild, ReloadHandle, Statuses, projection};
+use crate::router::{Route, RouteTable, Stage};
 use crate::schema::{SchemaError, SchemaRegistry};
 use crate::store::{Store, StoreError};
 
@@ -28,15 +33,34 @@ pub enum StartError {
 
 /// Everything a running router shares.
 pub struct Runtime {
+    /// The config the router started with: `server`, `ingest` and `router`
+    /// settings come from here (changing them needs a restart).
     pub config: Arc<Config>,
+    /// The config in force for plugins, routes and schemas (reloadable).
+    pub live: RwLock<Arc<Config>>,
     pub store: Store,
     pub schemas: Arc<RwLock<Arc<SchemaRegistry>>>,
     pub routes: Routes,
-    pub plugins: RwLock<BTreeMap<String, Arc<Plugin>>>,
+    /// The stage serving each plugin (version + state namespace).
+    pub plugins: RwLock<BTreeMap<String, Stage>>,
     pub host: PluginHost,
     pub ingest: IngestDefaults,
+    /// Reload outcomes and rebuild progress, per plugin.
+    pub statuses: Statuses,
+    /// Held by the pipeline while it processes and commits a batch; a
+    /// projection switch-over takes it to find the pipeline between batches.
+    pub gate: Arc<tokio::sync::Mutex<()>>,
+    /// Serialises changes to `plugins` and `routes` (a reload and a
+    /// projection switch-over must not each swap a table built from the
+    /// other's stale copy).
+    pub swap_lock: Mutex<()>,
+    /// Projection rebuilds found unfinished at start-up, for the reloader.
+    pub pending: Mutex<Vec<PendingRebuild>>,
+    pub data_dir: PathBuf,
+    /// Sends reload requests; set when the router starts serving.
+    pub reload: std::sync::OnceLock<ReloadHandle>,
     /// Turns true when the router is shutting down; long-lived responses
-    /// (live streams) end on it so the listener can drain.
+    /// (live streams) and background tasks end on it.
     pub stopping: watch::Sender<bool>,
 }
 
@@ -45,39 +69,87 @@ impl Runtime {
     /// plugin (each instantiated and `init`ed once). Fails on the first error.
     pub async fn start(config: Config, data_dir: &Path) -> Result<Arc<Self>, StartError> {
         let schemas = load_schemas(&config)?;
-        let host = PluginHost::new()?;
-        let plugins = load_plugins(&host, &config).await?;
-        let routes = build_routes(&config, &plugins);
         let store = Store::open(data_dir)?;
+        let host = PluginHost::with_cache(data_dir.join("cache"))?;
+        let mut plugins = BTreeMap::new();
+        let mut pending = Vec::new();
+        for (name, cfg) in &config.plugins {
+            let plugin = host.load(PluginSpec::from_config(name, cfg)).await?;
+            let stage = if cfg.projection {
+                let (stage, rebuild) = projection::resume(&store, &host, plugin).await?;
+                pending.extend(rebuild);
+                stage
+            } else {
+                Stage {
+                    namespace: name.clone(),
+                    plugin,
+                }
+            };
+            tracing::info!(plugin = %name, version = stage.plugin.version(), namespace = %stage.namespace, "plugin loaded");
+            plugins.insert(name.clone(), stage);
+        }
+        let routes = build_routes(&config, &plugins);
         let ingest = IngestDefaults {
             source: config.ingest.source.clone(),
             key_rules: config.key_rules(),
         };
+        let statuses = Statuses::default();
+        for (name, stage) in &plugins {
+            statuses.loaded(name, &stage.plugin);
+        }
+        let config = Arc::new(config);
         Ok(Arc::new(Self {
-            config: Arc::new(config),
+            live: RwLock::new(config.clone()),
+            config,
             store,
             schemas: Arc::new(RwLock::new(Arc::new(schemas))),
             routes: Arc::new(RwLock::new(Arc::new(routes))),
             plugins: RwLock::new(plugins),
             host,
             ingest,
+            statuses,
+            gate: Arc::new(tokio::sync::Mutex::new(())),
+            swap_lock: Mutex::new(()),
+            pending: Mutex::new(pending),
+            data_dir: data_dir.to_path_buf(),
+            reload: std::sync::OnceLock::new(),
             stopping: watch::Sender::new(false),
         }))
     }
 
     pub fn schemas(&self) -> Arc<SchemaRegistry> {
-        self.schemas
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        read(&self.schemas).clone()
     }
 
     pub fn routes(&self) -> Arc<RouteTable> {
-        self.routes
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        read(&self.routes).clone()
     }
+
+    pub fn live_config(&self) -> Arc<Config> {
+        read(&self.live).clone()
+    }
+
+    /// The stage serving plugin `name`.
+    pub fn stage(&self, name: &str) -> Option<Stage> {
+        read(&self.plugins).get(name).cloned()
+    }
+
+    /// Makes `stage` serve plugin `name`: in the plugin map and in every
+    /// route, as one new route table.
+    pub fn swap_stage(&self, name: &str, stage: Stage) {
+        let _swap = self.swap_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let table = self.routes().with_stage(name, &stage);
+        write(&self.plugins).insert(name.to_string(), stage);
+        *write(&self.routes) = Arc::new(table);
+    }
+}
+
+pub(crate) fn read<T>(l: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    l.read().unwrap_or_else(|p| p.into_inner())
+}
+
+pub(crate) fn write<T>(l: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    l.write().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Compiles the schema registry a config names.
@@ -92,23 +164,9 @@ pub fn load_schemas(config: &Config) -> Result<SchemaRegistry, SchemaError> {
     )
 }
 
-/// Loads every plugin of a config, in name order.
-pub async fn load_plugins(
-    host: &PluginHost,
-    config: &Config,
-) -> Result<BTreeMap<String, Arc<Plugin>>, LoadError> {
-    let mut out = BTreeMap::new();
-    for (name, cfg) in &config.plugins {
-        let plugin = host.load(PluginSpec::from_config(name, cfg)).await?;
-        tracing::info!(plugin = %name, version = plugin.version(), "plugin loaded");
-        out.insert(name.clone(), plugin);
-    }
-    Ok(out)
-}
-
-/// The route table of a config over loaded plugins. Pipelines name only
+/// The route table of a config over loaded stages. Pipelines name only
 /// known plugins (checked when the config was loaded).
-pub fn build_routes(config: &Config, plugins: &BTreeMap<String, Arc<Plugin>>) -> RouteTable {
+pub fn build_routes(config: &Config, stages: &BTreeMap<String, Stage>) -> RouteTable {
     let routes = config
         .routes
         .iter()
@@ -118,7 +176,7 @@ pub fn build_routes(config: &Config, plugins: &BTreeMap<String, Arc<Plugin>>) ->
             stages: r
                 .pipeline
                 .iter()
-                .filter_map(|s| plugins.get(s.get_ref()).cloned())
+                .filter_map(|s| stages.get(s.get_ref()).cloned())
                 .collect(),
         })
         .collect();

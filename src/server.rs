@@ -27,9 +27,12 @@ pub async fn serve(
     let pipeline = Pipeline::new(
         rt.store.clone(),
         rt.routes.clone(),
+        rt.gate.clone(),
         &rt.config.ingest.topic,
         &rt.config.router,
     );
+    let reload = crate::reload::start(rt.clone(), rt.config.reload.watch);
+    let _ = rt.reload.set(reload);
     let consumer = tokio::spawn(pipeline.run(shutdown.clone()));
     let mut http_stop = shutdown.clone();
     let stopping = rt.stopping.clone();

@@ -27,6 +27,8 @@ const TOPICS: TableDefinition<&str, u64> = TableDefinition::new("topics");
 const CURSORS: TableDefinition<&str, u64> = TableDefinition::new("cursors");
 /// `(namespace, key)` → value: plugin state.
 const KV: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("kv");
+/// Small named records the router keeps about itself (projection generations).
+const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 
 /// Most jobs folded into one transaction: bounds the latency a large queue
 /// adds to the first caller in it.
@@ -74,11 +76,19 @@ pub struct WriteBatch {
     pub cursors: Vec<(String, u64)>,
     /// Plugin state changes: `(namespace, key, Some(value) | None = delete)`.
     pub kv: Vec<(String, String, Option<Vec<u8>>)>,
+    /// Plugin state namespaces to delete whole (applied before `kv`).
+    pub drop_namespaces: Vec<String>,
+    /// Router records to set (`Some`) or remove (`None`).
+    pub meta: Vec<(String, Option<Vec<u8>>)>,
 }
 
 impl WriteBatch {
     pub fn is_empty(&self) -> bool {
-        self.appends.is_empty() && self.cursors.is_empty() && self.kv.is_empty()
+        self.appends.is_empty()
+            && self.cursors.is_empty()
+            && self.kv.is_empty()
+            && self.drop_namespaces.is_empty()
+            && self.meta.is_empty()
     }
 }
 
@@ -119,6 +129,7 @@ impl Store {
             txn.open_table(TOPICS).map_err(|e| open_err(e.into()))?;
             txn.open_table(CURSORS).map_err(|e| open_err(e.into()))?;
             txn.open_table(KV).map_err(|e| open_err(e.into()))?;
+            txn.open_table(META).map_err(|e| open_err(e.into()))?;
         }
         txn.commit().map_err(|e| open_err(e.into()))?;
         let db = Arc::new(db);
@@ -246,6 +257,21 @@ impl Store {
         Ok(out)
     }
 
+    /// A router record.
+    pub fn meta_get(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let txn = self.inner.db.begin_read().map_err(read_err)?;
+        let table = txn.open_table(META).map_err(read_err)?;
+        Ok(table
+            .get(key)
+            .map_err(read_err)?
+            .map(|v| v.value().to_vec()))
+    }
+
+    /// The data directory's path for derived files (the plugin compile cache).
+    pub fn dir(&self) -> &Path {
+        self.inner.path.parent().unwrap_or_else(|| Path::new("."))
+    }
+
     /// Watches the length of `topic`: changes after every commit that appends to it.
     pub fn watch(&self, topic: &str) -> watch::Receiver<u64> {
         let mut map = lock(&self.inner.watchers);
@@ -319,6 +345,7 @@ fn commit(db: &Database, jobs: &[Job]) -> Result<Committed, String> {
         let mut topics = txn.open_table(TOPICS).map_err(|e| s(&e))?;
         let mut cursors = txn.open_table(CURSORS).map_err(|e| s(&e))?;
         let mut kv = txn.open_table(KV).map_err(|e| s(&e))?;
+        let mut meta = txn.open_table(META).map_err(|e| s(&e))?;
         for job in jobs {
             let mut offs = Vec::with_capacity(job.batch.appends.len());
             for (topic, event) in &job.batch.appends {
@@ -340,6 +367,19 @@ fn commit(db: &Database, jobs: &[Job]) -> Result<Committed, String> {
                 cursors
                     .insert(consumer.as_str(), *offset)
                     .map_err(|e| s(&e))?;
+            }
+            for ns in &job.batch.drop_namespaces {
+                // Keys of a namespace sort between (ns, "") and (ns + NUL, ...).
+                let end = format!("{ns}\0");
+                kv.retain_in((ns.as_str(), "")..(end.as_str(), ""), |_, _| false)
+                    .map_err(|e| s(&e))?;
+            }
+            for (key, value) in &job.batch.meta {
+                match value {
+                    Some(v) => meta.insert(key.as_str(), v.as_slice()).map(|_| ()),
+                    None => meta.remove(key.as_str()).map(|_| ()),
+                }
+                .map_err(|e| s(&e))?;
             }
             for (ns, key, value) in &job.batch.kv {
                 match value {
@@ -393,6 +433,7 @@ mod tests {
                 ],
                 cursors: vec![("c".into(), 7)],
                 kv: vec![("ns".into(), "k1".into(), Some(b"v".to_vec()))],
+                ..Default::default()
             })
             .await
             .unwrap();
@@ -459,6 +500,19 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(store.kv_get("ns", "p/1").unwrap(), None);
+
+        // Dropping a namespace removes all of it and nothing of its neighbours.
+        store
+            .write(WriteBatch {
+                drop_namespaces: vec!["ns".into()],
+                meta: vec![("m".into(), Some(b"1".to_vec()))],
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert!(store.kv_scan("ns", "", 10).unwrap().is_empty());
+        assert_eq!(store.kv_get("nt", "p/3").unwrap(), Some(vec![1]));
+        assert_eq!(store.meta_get("m").unwrap(), Some(b"1".to_vec()));
     }
 
     #[tokio::test]

@@ -1,6 +1,7 @@
-//! `switchyard run | validate | plugin build`.
+//! `switchyard run | validate | replay | plugin build`.
 
 mod plugin_build;
+mod replay;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -58,6 +59,19 @@ enum Command {
     Validate {
         #[arg(long, default_value = "config/switchyard.toml")]
         config: PathBuf,
+    },
+    /// Rebuild a projection's state from the event log on a running router
+    /// (blue/green: the current state serves until the rebuild caught up).
+    Replay {
+        /// The projection plugin to rebuild.
+        #[arg(long)]
+        projection: String,
+        /// The router's address.
+        #[arg(long, default_value = "http://127.0.0.1:8080", env = "SWITCHYARD_URL")]
+        url: String,
+        /// Wait until the rebuild has finished, printing progress.
+        #[arg(long)]
+        wait: bool,
     },
     /// Plugin development.
     Plugin {
@@ -117,6 +131,11 @@ fn run(command: Command) -> Result<()> {
             listen,
         } => rt.block_on(run_router(&config, &data_dir, listen)),
         Command::Validate { config } => rt.block_on(validate(&config)),
+        Command::Replay {
+            projection,
+            url,
+            wait,
+        } => replay::replay(&url, &projection, wait),
         Command::Plugin {
             command: PluginCommand::Build { dir, out },
         } => plugin_build::build(&dir, out.as_deref()).map(|_| ()),
@@ -177,7 +196,11 @@ async fn validate(config: &Path) -> Result<()> {
     let cfg = Config::load(config)?;
     let schemas = switchyard::runtime::load_schemas(&cfg)?;
     let host = switchyard::plugin::PluginHost::new()?;
-    let plugins = switchyard::runtime::load_plugins(&host, &cfg).await?;
+    let mut plugins = Vec::new();
+    for (name, pcfg) in &cfg.plugins {
+        let spec = switchyard::plugin::PluginSpec::from_config(name, pcfg);
+        plugins.push((name, host.load(spec).await?));
+    }
     println!("{}: ok", cfg.file.display());
     println!("  schemas: base + {} per-type", schemas.describe().len());
     for (name, p) in &plugins {

@@ -20,6 +20,7 @@ use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
 
 pub use kv::{BatchKv, UnitKv};
+pub(crate) use stage::call_with_retries;
 pub use stage::{DEAD_LETTER_TYPE, StageFailure, StagePolicy, dead_letter, derive_id};
 
 use crate::config::RouterConfig;
@@ -37,6 +38,8 @@ pub type Routes = Arc<RwLock<Arc<RouteTable>>>;
 pub struct Pipeline {
     store: Store,
     routes: Routes,
+    /// Held while a batch is processed and committed (see `Runtime::gate`).
+    gate: Arc<tokio::sync::Mutex<()>>,
     input: String,
     consumer: String,
     dead_letter_topic: String,
@@ -52,10 +55,17 @@ struct Unit {
 }
 
 impl Pipeline {
-    pub fn new(store: Store, routes: Routes, input: &str, cfg: &RouterConfig) -> Self {
+    pub fn new(
+        store: Store,
+        routes: Routes,
+        gate: Arc<tokio::sync::Mutex<()>>,
+        input: &str,
+        cfg: &RouterConfig,
+    ) -> Self {
         Self {
             store,
             routes,
+            gate,
             input: input.to_string(),
             consumer: cfg.consumer.clone(),
             dead_letter_topic: cfg.dead_letter_topic.clone(),
@@ -104,6 +114,7 @@ impl Pipeline {
                 }
                 continue;
             };
+            let gate = self.gate.lock().await;
             loop {
                 let written = match self.process(&records).await {
                     Ok(mut batch) => {
@@ -124,6 +135,7 @@ impl Pipeline {
                     }
                 }
             }
+            drop(gate);
             tracing::debug!(from = cursor, to = last, "batch committed");
             cursor = last + 1;
         }
@@ -182,8 +194,8 @@ impl Pipeline {
         units.sort_by_key(|u| u.index);
         Ok(WriteBatch {
             appends: units.into_iter().flat_map(|u| u.appends).collect(),
-            cursors: Vec::new(),
             kv: kv.take(),
+            ..Default::default()
         })
     }
 }

@@ -57,10 +57,11 @@ pub async fn run_route(
     policy: &StagePolicy,
 ) -> Result<Vec<(String, Event)>, StageFailure> {
     let mut current: Vec<(String, Event)> = vec![(String::new(), input.clone())];
-    for (si, plugin) in route.stages.iter().enumerate() {
+    for (si, stage) in route.stages.iter().enumerate() {
+        let plugin = &stage.plugin;
         let mut next = Vec::new();
         for (_, ev) in &current {
-            let (outs, _attempts) = call_with_retries(plugin, ev, kv, policy)
+            let (outs, _attempts) = call_with_retries(plugin, &stage.namespace, ev, kv, policy)
                 .await
                 .map_err(|(e, attempts)| failure(plugin, si, e.kind(), e.to_string(), attempts))?;
             for (oi, mut out) in outs.into_iter().enumerate() {
@@ -92,8 +93,11 @@ fn failure(
     }
 }
 
-async fn call_with_retries(
+/// Calls `plugin` on `ev`, retrying transient failures with back-off; its
+/// `kv` calls go to `namespace` through `kv`.
+pub(crate) async fn call_with_retries(
     plugin: &Plugin,
+    namespace: &str,
     ev: &Event,
     kv: &Arc<UnitKv>,
     policy: &StagePolicy,
@@ -101,7 +105,7 @@ async fn call_with_retries(
     let granted_kv = plugin.spec().grants.contains(&Capability::Kv);
     let mut attempt = 1;
     loop {
-        let view = granted_kv.then(|| kv.scoped(plugin.name()));
+        let view = granted_kv.then(|| kv.scoped(namespace));
         match plugin.handle(ev, view).await {
             Ok(outs) => return Ok((outs, attempt)),
             Err(e) if e.is_transient() && attempt < policy.max_attempts => {

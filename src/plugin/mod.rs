@@ -6,6 +6,7 @@
 //! sees [`Plugin::handle`] taking an [`Event`] and giving [`Output`]s or a
 //! [`CallError`].
 
+mod cache;
 mod host;
 mod limits;
 
@@ -19,6 +20,7 @@ use tokio::sync::Semaphore;
 use wasmtime::Store;
 use wasmtime::component::Component;
 
+pub use cache::CompileCache;
 pub use host::KvAccess;
 use host::{Failure, Processor, ProcessorPre, State, WitEvent};
 pub use limits::{EPOCH_TICK, Limits, SharedEngine};
@@ -141,16 +143,33 @@ impl PluginSpec {
 pub struct PluginHost {
     engine: SharedEngine,
     linker: Arc<wasmtime::component::Linker<State>>,
+    cache: Option<CompileCache>,
 }
 
 impl PluginHost {
+    /// A host without a compile cache (every load compiles).
     pub fn new() -> Result<Self, LoadError> {
+        Self::build(None)
+    }
+
+    /// A host that keeps precompiled components in `dir`.
+    pub fn with_cache(dir: PathBuf) -> Result<Self, LoadError> {
+        Self::build(Some(CompileCache::new(dir)))
+    }
+
+    fn build(cache: Option<CompileCache>) -> Result<Self, LoadError> {
         let engine = SharedEngine::new().map_err(|e| LoadError::Engine(e.to_string()))?;
         let linker = host::linker(&engine.engine).map_err(|e| LoadError::Engine(e.to_string()))?;
         Ok(Self {
             engine,
             linker: Arc::new(linker),
+            cache,
         })
+    }
+
+    /// Whether the compile cache holds the version with this digest.
+    pub fn cached(&self, digest: &str) -> bool {
+        self.cache.as_ref().is_some_and(|c| c.contains(digest))
     }
 
     /// Reads, compiles and links the plugin, then instantiates one instance and
@@ -163,19 +182,48 @@ impl PluginHost {
                 path: spec.path.clone(),
                 source,
             })?;
-        let version = hex::encode(&Sha256::digest(&bytes)[..6]);
+        let digest = hex::encode(Sha256::digest(&bytes));
+        self.load_version(spec, digest, Some(bytes)).await
+    }
+
+    /// Loads the version with `digest` from the compile cache (for a version
+    /// whose file has since been replaced, like a projection's live version
+    /// while its successor is rebuilt).
+    pub async fn load_cached(
+        &self,
+        spec: PluginSpec,
+        digest: &str,
+    ) -> Result<Arc<Plugin>, LoadError> {
+        self.load_version(spec, digest.to_string(), None).await
+    }
+
+    async fn load_version(
+        &self,
+        spec: PluginSpec,
+        digest: String,
+        bytes: Option<Vec<u8>>,
+    ) -> Result<Arc<Plugin>, LoadError> {
         let engine = self.engine.engine.clone();
         let compile_err = |reason: String| LoadError::Compile {
             name: spec.name.clone(),
             path: spec.path.clone(),
             reason,
         };
+        let cache = self.cache.clone();
+        let d = digest.clone();
         // Compiling is CPU-bound (milliseconds for Rust, seconds for JS/Python).
-        let component =
-            tokio::task::spawn_blocking(move || Component::from_binary(&engine, &bytes))
-                .await
-                .map_err(|e| compile_err(e.to_string()))?
-                .map_err(|e| compile_err(format!("{e:#}")))?;
+        let (component, from_cache) = tokio::task::spawn_blocking(move || match cache {
+            Some(cache) => cache.component(&engine, &d, bytes.as_deref()),
+            None => {
+                let bytes = bytes.ok_or_else(|| "no compile cache configured".to_string())?;
+                Component::from_binary(&engine, &bytes)
+                    .map(|c| (c, false))
+                    .map_err(|e| format!("{e:#}"))
+            }
+        })
+        .await
+        .map_err(|e| compile_err(e.to_string()))?
+        .map_err(compile_err)?;
         let pre = self
             .linker
             .instantiate_pre(&component)
@@ -183,7 +231,9 @@ impl PluginHost {
         let pre = ProcessorPre::new(pre).map_err(|e| compile_err(format!("{e:#}")))?;
         let plugin = Arc::new(Plugin {
             name: spec.name.as_str().into(),
-            version,
+            version: digest[..12].to_string(),
+            digest,
+            from_cache,
             permits: Semaphore::new(spec.limits.instances),
             spec,
             pre,
@@ -206,7 +256,12 @@ struct Instance {
 /// A loaded plugin version with its instance pool.
 pub struct Plugin {
     name: Arc<str>,
+    /// First 12 hex digits of `digest`: short enough for records and logs.
     version: String,
+    /// SHA-256 of the component file: the compile cache key.
+    digest: String,
+    /// Whether the compiled code came from the compile cache.
+    from_cache: bool,
     spec: PluginSpec,
     pre: ProcessorPre<State>,
     /// Keeps the engine (and its epoch ticker) alive as long as the plugin.
@@ -236,6 +291,16 @@ impl Plugin {
     /// First 12 hex digits of the SHA-256 of the component file.
     pub fn version(&self) -> &str {
         &self.version
+    }
+
+    /// SHA-256 (hex) of the component file.
+    pub fn digest(&self) -> &str {
+        &self.digest
+    }
+
+    /// Whether this version was loaded from the compile cache.
+    pub fn from_cache(&self) -> bool {
+        self.from_cache
     }
 
     pub fn spec(&self) -> &PluginSpec {

@@ -10,10 +10,12 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use futures::{Stream, StreamExt};
 use serde::Deserialize;
 use serde_json::json;
+
+mod plugins;
 
 use crate::config::check_topic_name;
 use crate::envelope::to_cloudevent_json;
@@ -34,6 +36,11 @@ pub fn routes(rt: Arc<Runtime>) -> axum::Router {
         .route("/v1/topics", get(topics))
         .route("/v1/topics/{topic}/events", get(events))
         .route("/v1/topics/{topic}/stream", get(stream))
+        .route("/v1/plugins", get(plugins::list))
+        .route("/v1/plugins/{name}/reload", post(plugins::reload))
+        .route("/v1/plugins/{name}/rebuild", post(plugins::rebuild))
+        .route("/v1/plugins/{name}/state", get(plugins::state))
+        .route("/v1/config/reload", post(plugins::reload_config))
         .with_state(rt)
 }
 

@@ -40,6 +40,7 @@ pub fn routes(rt: Arc<Runtime>) -> axum::Router {
         .route("/v1/plugins/{name}/reload", post(plugins::reload))
         .route("/v1/plugins/{name}/rebuild", post(plugins::rebuild))
         .route("/v1/plugins/{name}/state", get(plugins::state))
+        .route("/v1/config", get(plugins::config))
         .route("/v1/config/reload", post(plugins::reload_config))
         .with_state(rt)
 }

@@ -87,6 +87,29 @@ pub async fn rebuild(State(rt): State<Arc<Runtime>>, Path(name): Path<String>) -
     ask(&rt, Request::Rebuild(name)).await
 }
 
+/// The config in force and how its reloads went.
+pub async fn config(State(rt): State<Arc<Runtime>>) -> Json<serde_json::Value> {
+    let live = rt.live_config();
+    let history = rt.statuses.config_history();
+    let routes: Vec<_> = live
+        .routes
+        .iter()
+        .map(|r| {
+            json!({
+                "name": r.name,
+                "match": r.patterns.iter().map(|p| p.get_ref()).collect::<Vec<_>>(),
+                "pipeline": r.pipeline.iter().map(|p| p.get_ref()).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    Json(json!({
+        "file": live.file,
+        "routes": routes,
+        "lastReload": history.last(),
+        "reloads": history,
+    }))
+}
+
 pub async fn reload_config(State(rt): State<Arc<Runtime>>) -> Response {
     ask(&rt, Request::Config).await
 }

@@ -27,15 +27,16 @@ pub fn replay(url: &str, projection: &str, wait: bool) -> Result<()> {
             body["reason"].as_str().unwrap_or("no reason given")
         );
     }
+    let generation = body["generation"].as_u64();
     println!(
-        "rebuilding {projection} version {}",
-        body["version"].as_str().unwrap_or("?")
+        "rebuilding {projection} version {} into generation {}",
+        body["version"].as_str().unwrap_or("?"),
+        generation.map_or_else(|| "?".to_string(), |g| g.to_string())
     );
     if !wait {
         return Ok(());
     }
     let started = Instant::now();
-    let mut generation = None;
     while started.elapsed() < WAIT_LIMIT {
         std::thread::sleep(Duration::from_millis(500));
         let mut resp = agent.get(&format!("{base}/v1/plugins")).call()?;
@@ -49,10 +50,9 @@ pub fn replay(url: &str, projection: &str, wait: bool) -> Result<()> {
             bail!("plugin {projection} disappeared from the router");
         };
         let r = &p["rebuild"];
-        // The first report names the generation this rebuild fills.
-        let g = r["generation"].as_u64();
-        if generation.is_none() && r["state"] == "running" {
-            generation = g;
+        if r["generation"].as_u64() != generation {
+            // Not started yet (or an older rebuild's report).
+            continue;
         }
         println!(
             "{}: offset {} of {} ({} events/s)",
@@ -61,17 +61,15 @@ pub fn replay(url: &str, projection: &str, wait: bool) -> Result<()> {
             r["total"],
             r["eventsPerSecond"]
         );
-        if generation.is_some() && g == generation {
-            match r["state"].as_str() {
-                Some("done") => return Ok(()),
-                Some("failed") => bail!(
-                    "rebuild failed: {}",
-                    r["error"].as_str().unwrap_or("unknown")
-                ),
-                Some("cancelled") => bail!("rebuild was cancelled (a newer version replaced it)"),
-                _ => {}
-            }
+        match r["state"].as_str() {
+            Some("done") => return Ok(()),
+            Some("failed") => bail!(
+                "rebuild failed: {}",
+                r["error"].as_str().unwrap_or("unknown")
+            ),
+            Some("cancelled") => bail!("rebuild was cancelled (a newer version replaced it)"),
+            _ => {}
         }
     }
-    bail!("gave up waiting after {:?}", WAIT_LIMIT)
+    bail!("gave up waiting after {WAIT_LIMIT:?}")
 }

@@ -66,6 +66,9 @@ pub struct Outcome {
     pub version: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// The generation a projection rebuild fills.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub generation: Option<u64>,
     pub millis: u64,
 }
 
@@ -159,6 +162,17 @@ impl Controller {
             let started = Instant::now();
             let mut outcome = this.handle(&job.request, job.trigger).await;
             outcome.millis = started.elapsed().as_millis() as u64;
+            if matches!(job.request, Request::Config | Request::Schemas) {
+                this.rt.statuses.record_config(ReloadRecord {
+                    at: chrono::Utc::now().to_rfc3339(),
+                    outcome: outcome.outcome.clone(),
+                    trigger: format!("{} ({})", job.trigger, outcome.target),
+                    version: None,
+                    reason: outcome.reason.clone(),
+                    millis: outcome.millis,
+                    from_cache: false,
+                });
+            }
             let reason = outcome.reason.as_deref().unwrap_or("");
             if outcome.is_failure() {
                 tracing::warn!(target_ = %outcome.target, trigger = job.trigger, reason, millis = outcome.millis, "reload failed; the previous version keeps serving");
@@ -185,6 +199,7 @@ impl Controller {
             outcome: outcome.into(),
             version,
             reason,
+            generation: None,
             millis: 0,
         };
         match request {
@@ -200,7 +215,10 @@ impl Controller {
                                 generation,
                             };
                             self.start_rebuild(job, trigger);
-                            outcome("rebuilding", Some(version), None)
+                            Outcome {
+                                generation: Some(generation),
+                                ..outcome("rebuilding", Some(version), None)
+                            }
                         }
                         Err(e) => outcome("failed", None, Some(e.to_string())),
                     }
@@ -242,6 +260,7 @@ impl Controller {
             outcome: "failed".into(),
             version: None,
             reason: None,
+            generation: None,
             millis: 0,
         };
         let config = self.rt.live_config();
@@ -282,6 +301,7 @@ impl Controller {
                             trigger,
                         );
                         out.outcome = "rebuilding".into();
+                        out.generation = Some(generation);
                     }
                     Err(e) => out.reason = Some(e.to_string()),
                 }

@@ -62,6 +62,8 @@ struct Entry {
 #[derive(Debug, Default)]
 pub struct Statuses {
     inner: Mutex<BTreeMap<String, Entry>>,
+    /// Reloads of the config file and the schemas.
+    config: Mutex<VecDeque<ReloadRecord>>,
 }
 
 /// A snapshot of one plugin's status.
@@ -94,6 +96,24 @@ impl Statuses {
 
     pub fn set_rebuild(&self, name: &str, progress: RebuildProgress) {
         self.with(name, |e| e.rebuild = Some(progress));
+    }
+
+    /// Records a config or schema reload.
+    pub fn record_config(&self, record: ReloadRecord) {
+        let mut h = self.config.lock().unwrap_or_else(|p| p.into_inner());
+        if h.len() == HISTORY {
+            h.pop_front();
+        }
+        h.push_back(record);
+    }
+
+    pub fn config_history(&self) -> Vec<ReloadRecord> {
+        self.config
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .cloned()
+            .collect()
     }
 
     pub fn forget(&self, name: &str) {

@@ -282,3 +282,60 @@ pub fn hmpps(event_type: &str, noms: &str, prison: &str, occurred_at: &str) -> V
 
 pub const RECEIVED: &str = "prison-offender-events.prisoner.received";
 pub const RELEASED: &str = "prison-offender-events.prisoner.released";
+
+/// The version the router gives a component file: 12 hex digits of SHA-256.
+pub fn version_of(path: &Path) -> String {
+    use sha2::{Digest, Sha256};
+    let bytes = std::fs::read(path).expect("read component");
+    hex::encode(Sha256::digest(&bytes))[..12].to_string()
+}
+
+/// Replaces `dst` with `src` the way a deploy tool does: write aside, rename.
+pub fn install_atomically(src: &Path, dst: &Path) {
+    let tmp = dst.with_extension("wasm.partial");
+    std::fs::copy(src, &tmp).expect("copy component");
+    std::fs::rename(&tmp, dst).expect("rename component");
+}
+
+impl Router {
+    /// `GET /v1/plugins` entry of one plugin.
+    pub fn plugin_status(&self, name: &str) -> Value {
+        let (_, body) = self.get("/v1/plugins");
+        body["plugins"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|p| p["name"] == name)
+            .cloned()
+            .unwrap_or(Value::Null)
+    }
+
+    /// Waits until `cond` holds for the plugin's status; returns it.
+    pub fn wait_plugin(&self, name: &str, what: &str, cond: impl Fn(&Value) -> bool) -> Value {
+        let start = Instant::now();
+        loop {
+            let status = self.plugin_status(name);
+            if cond(&status) {
+                return status;
+            }
+            assert!(
+                start.elapsed() < DEADLINE,
+                "plugin {name}: timed out waiting for {what}; status: {status:#}\nlog:\n{}",
+                self.log.lock().unwrap().join("\n")
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Number of reload records the plugin has.
+    pub fn reload_count(&self, name: &str) -> usize {
+        self.plugin_status(name)["reloads"]
+            .as_array()
+            .map_or(0, Vec::len)
+    }
+
+    /// Waits until the router has consumed everything in `events`.
+    pub fn wait_idle(&self, topic: &str, n: usize) -> Vec<Value> {
+        self.wait_for(topic, n)
+    }
+}

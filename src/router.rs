@@ -14,6 +14,9 @@ pub struct Route {
     pub name: String,
     pub patterns: Vec<String>,
     pub stages: Vec<Arc<Plugin>>,
+    /// Direct delivery: the route runs inside the ingest request (see
+    /// `transport::ingest`), so the pipeline consumer skips it.
+    pub direct: bool,
 }
 
 impl Route {
@@ -84,6 +87,7 @@ mod tests {
             name: name.into(),
             patterns: patterns.iter().map(|s| s.to_string()).collect(),
             stages: vec![],
+            direct: false,
         }
     }
 

@@ -33,6 +33,8 @@ pub struct Runtime {
     pub plugins: RwLock<BTreeMap<String, Arc<Plugin>>>,
     pub host: PluginHost,
     pub ingest: IngestDefaults,
+    /// SQS sources and SNS/SQS sinks, when the config has any.
+    pub aws: Option<Arc<crate::transport::aws::Aws>>,
 }
 
 impl Runtime {
@@ -48,6 +50,11 @@ impl Runtime {
             source: config.ingest.source.clone(),
             key_rules: config.key_rules(),
         };
+        let aws = if config.uses_aws() {
+            Some(Arc::new(crate::transport::aws::Aws::new(&config).await))
+        } else {
+            None
+        };
         Ok(Arc::new(Self {
             config: Arc::new(config),
             store,
@@ -56,6 +63,7 @@ impl Runtime {
             plugins: RwLock::new(plugins),
             host,
             ingest,
+            aws,
         }))
     }
 
@@ -114,6 +122,7 @@ pub fn build_routes(config: &Config, plugins: &BTreeMap<String, Arc<Plugin>>) ->
                 .iter()
                 .filter_map(|s| plugins.get(s.get_ref()).cloned())
                 .collect(),
+            direct: r.delivery == crate::config::Delivery::Direct,
         })
         .collect();
     RouteTable::new(routes)

@@ -134,6 +134,7 @@ fn direct_delivery_answers_after_sns_accepted_and_503_while_it_is_down() {
     assert_eq!(published["topic"], "echo");
     assert!(published["messageId"].as_str().is_some_and(|m| !m.is_empty()), "{body}");
     let got = aws.receive_n("consumer", 1);
+    assert_eq!(got.len(), 1, "published once: {got:?}");
     assert_eq!(got[0].json()["id"], published["id"]);
     // Recorded in the log, marked as delivered, and not sent again by the outbox.
     let echo = router.wait_for("echo", 1);

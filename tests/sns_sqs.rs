@@ -70,6 +70,7 @@ filter_policy = { eventType = ["prisoner.state.updated"] }
     // 3 projection outputs (received, released, received) + 4 fan-out outputs.
     let aws = emu.client();
     let all = aws.receive_n("all-events", 7);
+    assert!(aws.receive_once("all-events", 1).is_empty(), "more than 7 messages");
     let mut types: Vec<String> = all.iter().map(|m| m.attributes["eventType"].clone()).collect();
     types.sort();
     assert_eq!(
@@ -93,11 +94,13 @@ filter_policy = { eventType = ["prisoner.state.updated"] }
 
     // Everything was published, so the filtered queues hold all they will get.
     let released = aws.receive_n("released-only", 1);
+    assert_eq!(released.len(), 1, "{released:?}");
     assert_eq!(released[0].attributes["eventType"], RELEASED);
     assert_eq!(released[0].json()["data"]["identifiers"]["NOMS"], "A1111AA");
     assert!(aws.receive_once("released-only", 1).is_empty(), "only released events pass the filter");
 
     let state = aws.receive_n("state-only", 3);
+    assert_eq!(state.len(), 3, "{state:?}");
     for m in &state {
         // No raw delivery: the SNS envelope, with the attribute inside it.
         let env = m.json();
@@ -178,6 +181,7 @@ fn sqs_source_through_plugins_to_sns_with_envelopes_and_raw_messages() {
 
     // Each input gives one fan-out output; the two prisoner events one state each.
     let out = aws.receive_n("consumer", 6);
+    assert_eq!(out.len(), 6, "{out:?}");
     let by_type = |ty: &str| -> Vec<Value> {
         out.iter().filter(|m| m.attributes["eventType"] == ty).map(|m| m.json()).collect()
     };

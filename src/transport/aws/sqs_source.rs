@@ -173,6 +173,10 @@ impl SqsSource {
     async fn handle(&self, rt: &Runtime, url: &str, msgs: Vec<Message>) {
         self.stats.received.fetch_add(msgs.len() as u64, Ordering::Relaxed);
         let heartbeat = KeepInvisible::start(self, url, &msgs);
+        // Let the heartbeat reach its first timer before this task takes the
+        // worker for plugin work: a task just spawned sits in this worker's
+        // LIFO slot, which no other worker may steal from.
+        tokio::task::yield_now().await;
         let mut blocked_groups = HashSet::new();
         let (mut staged, mut dead, mut done) = (Vec::new(), Vec::new(), Vec::new());
         for m in &msgs {

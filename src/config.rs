@@ -21,8 +21,8 @@ use toml::Spanned;
 use crate::envelope::KeyRule;
 
 pub use aws::{
-    AwsConfig, Delivery, MAX_BATCH_ENTRIES, MessageFormat, SinkConfig, SinksConfig,
-    SourcesConfig, SqsSourceConfig, SubscriptionConfig, check_resource_name, queue_name,
+    AwsConfig, Delivery, MAX_BATCH_ENTRIES, MessageFormat, SinkConfig, SinksConfig, SourcesConfig,
+    SqsSourceConfig, SubscriptionConfig, check_resource_name, queue_name,
 };
 
 /// Default body limit for one ingest request: large enough for a batch of a

@@ -10,7 +10,7 @@
 //! * [`pipeline`] — the consumer: batches, keyed order, stages, kv, dead-letter, cursor.
 //! * [`plugin`] — the wasmtime host (the only module that knows wasmtime).
 //! * [`store`] — the embedded durable log, cursors and plugin state, on `redb`.
-//! * [`transport`] — sources and sinks: HTTP ingest today.
+//! * [`transport`] — sources and sinks: HTTP ingest, SQS sources, SNS/SQS sinks (outbox and direct).
 //! * [`admin`] — read API (topics, events, live stream) and health.
 //! * [`runtime`] / [`server`] — putting the parts together and running them.
 

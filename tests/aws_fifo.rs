@@ -2,9 +2,9 @@
 //! plugin to an SNS FIFO topic, and deduplication when outputs are sent
 //! again), and two routers competing for one queue.
 
-mod common;
 #[path = "common/aws.rs"]
 mod aws;
+mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -52,13 +52,21 @@ fn wait_sink_delivered(router: &Router, name: &str, n: u64) -> Value {
         if caught_up && s["delivered"].as_u64() >= Some(n) {
             return s;
         }
-        assert!(start.elapsed() < DEADLINE, "sink {name} did not deliver {n}: {s}");
+        assert!(
+            start.elapsed() < DEADLINE,
+            "sink {name} did not deliver {n}: {s}"
+        );
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
 }
 
 fn seq_event(group: &str, seq: usize) -> Value {
-    let mut ev = hmpps(RECEIVED, &format!("N{group}"), "MDI", "2024-06-11T14:41:22Z");
+    let mut ev = hmpps(
+        RECEIVED,
+        &format!("N{group}"),
+        "MDI",
+        "2024-06-11T14:41:22Z",
+    );
     ev["additionalInformation"]["seq"] = json!(seq);
     ev["additionalInformation"]["group"] = json!(group);
     ev
@@ -98,7 +106,12 @@ raw = true
     for seq in 0..per_group {
         for g in groups {
             let dedup = format!("{g}-{seq}");
-            aws.send("ingest.fifo", &seq_event(g, seq).to_string(), &[], Some((g, &dedup)));
+            aws.send(
+                "ingest.fifo",
+                &seq_event(g, seq).to_string(),
+                &[],
+                Some((g, &dedup)),
+            );
         }
     }
     let n = groups.len() * per_group;
@@ -106,13 +119,22 @@ raw = true
     let mut seen: BTreeMap<String, Vec<u64>> = BTreeMap::new();
     for m in &got {
         let data = m.json();
-        let group = data["additionalInformation"]["group"].as_str().unwrap().to_string();
+        let group = data["additionalInformation"]["group"]
+            .as_str()
+            .unwrap()
+            .to_string();
         // The queue's message group is the input's group, carried as the key.
         assert_eq!(m.group.as_deref(), Some(group.as_str()), "{m:?}");
-        seen.entry(group).or_default().push(data["additionalInformation"]["seq"].as_u64().unwrap());
+        seen.entry(group)
+            .or_default()
+            .push(data["additionalInformation"]["seq"].as_u64().unwrap());
     }
     for g in groups {
-        assert_eq!(seen[g], (0..per_group as u64).collect::<Vec<_>>(), "group {g} out of order");
+        assert_eq!(
+            seen[g],
+            (0..per_group as u64).collect::<Vec<_>>(),
+            "group {g} out of order"
+        );
     }
     wait_sink_delivered(&router, "out", n as u64);
     router.stop();
@@ -122,7 +144,10 @@ raw = true
     let router = Router::start_with(dir.path(), &fifo("replay"), |c| emu.env(c));
     let replay = wait_sink_delivered(&router, "replay", n as u64);
     assert_eq!(replay["deadLettered"], 0, "{replay}");
-    assert!(aws.receive_once("out-q.fifo", 2).is_empty(), "replayed outputs must be deduplicated");
+    assert!(
+        aws.receive_once("out-q.fifo", 2).is_empty(),
+        "replayed outputs must be deduplicated"
+    );
 }
 
 #[test]
@@ -170,14 +195,22 @@ raw = true
             let ce = json!({"specversion": "1.0", "id": format!("ev-{i}"), "source": "urn:test",
                             "type": RECEIVED, "time": "2024-06-11T14:41:22Z",
                             "data": hmpps(RECEIVED, &format!("P{i:04}"), "MDI", "2024-06-11T14:41:22Z")});
-            aws.send("shared-in", &ce.to_string(), &[("copy", &copy.to_string())], None);
+            aws.send(
+                "shared-in",
+                &ce.to_string(),
+                &[("copy", &copy.to_string())],
+                None,
+            );
         }
     }
     // Wait until all 2n messages were consumed and forwarded by the two routers.
     let start = std::time::Instant::now();
     loop {
         let delivered = |sink: &str| {
-            [&r1, &r2].iter().map(|r| sink_status(r, sink)["delivered"].as_u64().unwrap_or(0)).sum::<u64>()
+            [&r1, &r2]
+                .iter()
+                .map(|r| sink_status(r, sink)["delivered"].as_u64().unwrap_or(0))
+                .sum::<u64>()
         };
         if delivered("fifo") >= 2 * n as u64 && delivered("standard") >= 2 * n as u64 {
             break;
@@ -187,18 +220,31 @@ raw = true
     }
     let accepted: u64 = [&r1, &r2]
         .iter()
-        .map(|r| r.get("/v1/sources").1["sources"][0]["accepted"].as_u64().unwrap())
+        .map(|r| {
+            r.get("/v1/sources").1["sources"][0]["accepted"]
+                .as_u64()
+                .unwrap()
+        })
         .sum();
-    assert_eq!(accepted, 2 * n as u64, "every message consumed once by one of the routers");
+    assert_eq!(
+        accepted,
+        2 * n as u64,
+        "every message consumed once by one of the routers"
+    );
 
     let ids = |msgs: &[aws::Received]| -> Vec<String> {
-        msgs.iter().map(|m| m.json()["id"].as_str().unwrap().to_string()).collect()
+        msgs.iter()
+            .map(|m| m.json()["id"].as_str().unwrap().to_string())
+            .collect()
     };
     // FIFO topic: one message per output id, duplicates dropped by SNS.
     let fifo = aws.receive_n("fifo-out.fifo", n);
     let unique: BTreeSet<String> = ids(&fifo).into_iter().collect();
     assert_eq!((fifo.len(), unique.len()), (n, n));
-    assert!(aws.receive_once("fifo-out.fifo", 2).is_empty(), "a duplicate reached the fifo queue");
+    assert!(
+        aws.receive_once("fifo-out.fifo", 2).is_empty(),
+        "a duplicate reached the fifo queue"
+    );
     // Standard topic: every output at least once (here: both copies).
     let std_out = aws.receive_n("std-out", 2 * n);
     let std_ids: BTreeSet<String> = ids(&std_out).into_iter().collect();

@@ -3,9 +3,9 @@
 //! keeps every accepted event and forwards it when SNS is back; direct
 //! delivery answers 503 with the AWS error meanwhile.
 
-mod common;
 #[path = "common/aws.rs"]
 mod aws;
+mod common;
 
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
@@ -61,7 +61,10 @@ fn noms_of(msgs: &[aws::Received]) -> BTreeSet<String> {
     msgs.iter()
         .map(|m| {
             let ce = m.json();
-            ce["data"]["personReference"]["identifiers"][0]["value"].as_str().unwrap().to_string()
+            ce["data"]["personReference"]["identifiers"][0]["value"]
+                .as_str()
+                .unwrap()
+                .to_string()
         })
         .collect()
 }
@@ -90,7 +93,10 @@ fn an_outage_loses_no_accepted_event_and_forwarding_resumes() {
     for n in &before {
         assert_eq!(router.post_json(&event(n)).0, 202);
     }
-    assert_eq!(noms_of(&aws.receive_n("consumer", 5)), before.iter().cloned().collect());
+    assert_eq!(
+        noms_of(&aws.receive_n("consumer", 5)),
+        before.iter().cloned().collect()
+    );
 
     emu.stop();
     let during: Vec<String> = (0..5).map(|i| format!("D{i:04}")).collect();
@@ -100,7 +106,12 @@ fn an_outage_loses_no_accepted_event_and_forwarding_resumes() {
         assert_eq!(status, 202, "{body}");
     }
     let failing = wait_for_sink(&router, "noticed the outage", |s| s["retrying"] == true);
-    assert!(failing["lastError"].as_str().is_some_and(|e| e.contains("PublishBatch") || e.contains("ListTopics")), "{failing}");
+    assert!(
+        failing["lastError"]
+            .as_str()
+            .is_some_and(|e| e.contains("PublishBatch") || e.contains("ListTopics")),
+        "{failing}"
+    );
     let echo_len = router.topic_len("echo");
     assert_eq!(echo_len, 10, "the pipeline keeps running during the outage");
 
@@ -116,8 +127,14 @@ fn an_outage_loses_no_accepted_event_and_forwarding_resumes() {
     let expected: BTreeSet<String> = during.iter().chain(&after).cloned().collect();
     let got = aws.receive_n("consumer", expected.len());
     assert_eq!(noms_of(&got), expected);
-    wait_for_sink(&router, "recovered", |s| s["retrying"] == false && s["delivered"] == 13);
-    assert_eq!(router.topic_len("dead-letter"), 0, "nothing was dead-lettered for an outage");
+    wait_for_sink(&router, "recovered", |s| {
+        s["retrying"] == false && s["delivered"] == 13
+    });
+    assert_eq!(
+        router.topic_len("dead-letter"),
+        0,
+        "nothing was dead-lettered for an outage"
+    );
 }
 
 #[test]
@@ -132,7 +149,12 @@ fn direct_delivery_answers_after_sns_accepted_and_503_while_it_is_down() {
     let published = &body["published"][0];
     assert_eq!(published["sink"], "events", "{body}");
     assert_eq!(published["topic"], "echo");
-    assert!(published["messageId"].as_str().is_some_and(|m| !m.is_empty()), "{body}");
+    assert!(
+        published["messageId"]
+            .as_str()
+            .is_some_and(|m| !m.is_empty()),
+        "{body}"
+    );
     let got = aws.receive_n("consumer", 1);
     assert_eq!(got.len(), 1, "published once: {got:?}");
     assert_eq!(got[0].json()["id"], published["id"]);
@@ -140,14 +162,23 @@ fn direct_delivery_answers_after_sns_accepted_and_503_while_it_is_down() {
     let echo = router.wait_for("echo", 1);
     assert_eq!(echo[0]["delivered"], "events");
     wait_for_sink(&router, "caught up", |s| s["topics"][0]["cursor"] == 1);
-    assert!(aws.receive_once("consumer", 1).is_empty(), "the outbox sent a direct output again");
+    assert!(
+        aws.receive_once("consumer", 1).is_empty(),
+        "the outbox sent a direct output again"
+    );
 
     // A plugin refusing the event: 422 with the plugin's reason.
     let mut bad = event("B0000BB");
     bad["chaos"] = json!("bad");
     let (status, body) = router.post_json(&bad);
     assert_eq!(status, 422, "{body}");
-    assert!(body["details"][0]["reason"].as_str().unwrap().contains("chaos asked for bad-event"), "{body}");
+    assert!(
+        body["details"][0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("chaos asked for bad-event"),
+        "{body}"
+    );
 
     emu.stop();
     let events_before = router.topic_len("events");
@@ -155,15 +186,25 @@ fn direct_delivery_answers_after_sns_accepted_and_503_while_it_is_down() {
     assert_eq!(status, 503, "{body}");
     assert_eq!(body["details"][0]["field"], "sink:events", "{body}");
     let reason = body["details"][0]["reason"].as_str().unwrap();
-    assert!(reason.contains("unreachable"), "the AWS error is in the answer: {reason}");
-    assert_eq!(router.topic_len("events"), events_before, "a 503 accepts nothing");
+    assert!(
+        reason.contains("unreachable"),
+        "the AWS error is in the answer: {reason}"
+    );
+    assert_eq!(
+        router.topic_len("events"),
+        events_before,
+        "a 503 accepts nothing"
+    );
 
     emu.restart();
     emu.setup(&cfg);
     let aws = emu.client();
     let (status, body) = router.post_json(&event("C0000CC"));
     assert_eq!(status, 202, "{body}");
-    assert_eq!(noms_of(&aws.receive_n("consumer", 1)), BTreeSet::from(["C0000CC".to_string()]));
+    assert_eq!(
+        noms_of(&aws.receive_n("consumer", 1)),
+        BTreeSet::from(["C0000CC".to_string()])
+    );
 }
 
 #[test]
@@ -207,13 +248,28 @@ from = ["echo"]
     aws.send("slow-in", &spin.to_string(), &[], None);
     let dead = router.wait_for("dead-letter", 1);
     assert_eq!(dead[0]["data"]["reason"], "rejected", "{}", dead[0]);
-    assert!(dead[0]["data"]["error"].as_str().unwrap().contains("timeout"), "{}", dead[0]);
-    assert_eq!(dead[0]["data"]["receiveCount"], 1, "received once: {}", dead[0]);
+    assert!(
+        dead[0]["data"]["error"]
+            .as_str()
+            .unwrap()
+            .contains("timeout"),
+        "{}",
+        dead[0]
+    );
+    assert_eq!(
+        dead[0]["data"]["receiveCount"], 1,
+        "received once: {}",
+        dead[0]
+    );
     let start = Instant::now();
     while aws.depth("slow-in") != 0 {
         assert!(start.elapsed() < DEADLINE, "the message was not deleted");
         std::thread::sleep(Duration::from_millis(50));
     }
-    assert_eq!(aws.depth("slow-in-dlq"), 0, "the message was redriven while in progress");
+    assert_eq!(
+        aws.depth("slow-in-dlq"),
+        0,
+        "the message was redriven while in progress"
+    );
     assert_eq!(router.topic_len("dead-letter"), 1);
 }

@@ -3,9 +3,9 @@
 //! outputs reach SNS (through SNS envelopes and raw messages), and poison
 //! messages dead-lettered while the rest flow.
 
-mod common;
 #[path = "common/aws.rs"]
 mod aws;
+mod common;
 
 use aws::Emulator;
 use common::*;
@@ -70,8 +70,14 @@ filter_policy = { eventType = ["prisoner.state.updated"] }
     // 3 projection outputs (received, released, received) + 4 fan-out outputs.
     let aws = emu.client();
     let all = aws.receive_n("all-events", 7);
-    assert!(aws.receive_once("all-events", 1).is_empty(), "more than 7 messages");
-    let mut types: Vec<String> = all.iter().map(|m| m.attributes["eventType"].clone()).collect();
+    assert!(
+        aws.receive_once("all-events", 1).is_empty(),
+        "more than 7 messages"
+    );
+    let mut types: Vec<String> = all
+        .iter()
+        .map(|m| m.attributes["eventType"].clone())
+        .collect();
     types.sort();
     assert_eq!(
         types,
@@ -88,7 +94,10 @@ filter_policy = { eventType = ["prisoner.state.updated"] }
     for m in &all {
         let ce = m.json();
         assert_eq!(ce["specversion"], "1.0");
-        assert_eq!(ce["type"].as_str(), Some(m.attributes["eventType"].as_str()));
+        assert_eq!(
+            ce["type"].as_str(),
+            Some(m.attributes["eventType"].as_str())
+        );
         assert_eq!(m.attributes["producer"], "switchyard");
     }
 
@@ -97,7 +106,10 @@ filter_policy = { eventType = ["prisoner.state.updated"] }
     assert_eq!(released.len(), 1, "{released:?}");
     assert_eq!(released[0].attributes["eventType"], RELEASED);
     assert_eq!(released[0].json()["data"]["identifiers"]["NOMS"], "A1111AA");
-    assert!(aws.receive_once("released-only", 1).is_empty(), "only released events pass the filter");
+    assert!(
+        aws.receive_once("released-only", 1).is_empty(),
+        "only released events pass the filter"
+    );
 
     let state = aws.receive_n("state-only", 3);
     assert_eq!(state.len(), 3, "{state:?}");
@@ -105,7 +117,10 @@ filter_policy = { eventType = ["prisoner.state.updated"] }
         // No raw delivery: the SNS envelope, with the attribute inside it.
         let env = m.json();
         assert_eq!(env["Type"], "Notification");
-        assert_eq!(env["MessageAttributes"]["eventType"]["Value"], "prisoner.state.updated");
+        assert_eq!(
+            env["MessageAttributes"]["eventType"]["Value"],
+            "prisoner.state.updated"
+        );
         let inner: Value = serde_json::from_str(env["Message"].as_str().unwrap()).unwrap();
         assert_eq!(inner["type"], "prisoner.state.updated");
     }
@@ -155,10 +170,19 @@ fn sqs_source_through_plugins_to_sns_with_envelopes_and_raw_messages() {
 
     // 1. An HMPPS event published to SNS: arrives in an SNS envelope.
     let released = hmpps(RELEASED, "A1111AA", "MDI", t);
-    aws.publish("hmpps-domain-events", &released.to_string(), &[("eventType", RELEASED)]);
+    aws.publish(
+        "hmpps-domain-events",
+        &released.to_string(),
+        &[("eventType", RELEASED)],
+    );
     // 2. An HMPPS event sent to the queue directly (a raw message).
     let received = hmpps(RECEIVED, "B2222BB", "LEI", t);
-    aws.send("switchyard-ingest", &received.to_string(), &[("eventType", RECEIVED)], None);
+    aws.send(
+        "switchyard-ingest",
+        &received.to_string(),
+        &[("eventType", RECEIVED)],
+        None,
+    );
     // 3. A structured CloudEvent, raw.
     let ce = json!({"specversion": "1.0", "id": "ce-structured", "source": "urn:prisons",
                     "type": "probation-case.engagement.created", "time": t,
@@ -175,7 +199,10 @@ fn sqs_source_through_plugins_to_sns_with_envelopes_and_raw_messages() {
             ("ce_source", "urn:probation"),
             ("ce_type", "probation-case.engagement.created"),
             ("ce_time", t),
-            ("traceparent", "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"),
+            (
+                "traceparent",
+                "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+            ),
         ],
     );
 
@@ -183,23 +210,44 @@ fn sqs_source_through_plugins_to_sns_with_envelopes_and_raw_messages() {
     let out = aws.receive_n("consumer", 6);
     assert_eq!(out.len(), 6, "{out:?}");
     let by_type = |ty: &str| -> Vec<Value> {
-        out.iter().filter(|m| m.attributes["eventType"] == ty).map(|m| m.json()).collect()
+        out.iter()
+            .filter(|m| m.attributes["eventType"] == ty)
+            .map(|m| m.json())
+            .collect()
     };
     let states = by_type("prisoner.state.updated");
-    let mut nomis: Vec<&str> = states.iter().map(|s| s["data"]["nomsNumber"].as_str().unwrap()).collect();
+    let mut nomis: Vec<&str> = states
+        .iter()
+        .map(|s| s["data"]["nomsNumber"].as_str().unwrap())
+        .collect();
     nomis.sort();
     assert_eq!(nomis, ["A1111AA", "B2222BB"]);
-    assert_eq!(by_type(RELEASED)[0]["data"]["identifiers"]["NOMS"], "A1111AA");
-    assert_eq!(by_type(RECEIVED)[0]["data"]["identifiers"]["NOMS"], "B2222BB");
+    assert_eq!(
+        by_type(RELEASED)[0]["data"]["identifiers"]["NOMS"],
+        "A1111AA"
+    );
+    assert_eq!(
+        by_type(RECEIVED)[0]["data"]["identifiers"]["NOMS"],
+        "B2222BB"
+    );
     let engagements = by_type("probation-case.engagement.created");
     assert_eq!(engagements.len(), 2);
     let binary = engagements
         .iter()
         .find(|e| e["data"]["identifiers"]["NOMS"] == "D4444DD")
         .expect("the binary-mode event came through");
-    assert_eq!(binary["traceparent"], "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01");
-    let traced = out.iter().find(|m| m.json()["data"]["identifiers"]["NOMS"] == "D4444DD").unwrap();
-    assert_eq!(traced.attributes["traceparent"], binary["traceparent"].as_str().unwrap());
+    assert_eq!(
+        binary["traceparent"],
+        "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    );
+    let traced = out
+        .iter()
+        .find(|m| m.json()["data"]["identifiers"]["NOMS"] == "D4444DD")
+        .unwrap();
+    assert_eq!(
+        traced.attributes["traceparent"],
+        binary["traceparent"].as_str().unwrap()
+    );
 
     // The ingest topic shows how each arrived: ids, sources and keys.
     let events = router.wait_for("events", 4);
@@ -210,14 +258,19 @@ fn sqs_source_through_plugins_to_sns_with_envelopes_and_raw_messages() {
             .unwrap_or_else(|| panic!("{noms} not ingested: {events:?}"))
             .clone()
     };
-    assert_eq!(find("A1111AA")["source"], "urn:switchyard:sqs:switchyard-ingest");
+    assert_eq!(
+        find("A1111AA")["source"],
+        "urn:switchyard:sqs:switchyard-ingest"
+    );
     assert_eq!(find("A1111AA")["partitionkey"], "A1111AA");
     assert_eq!(find("C3333CC")["id"], "ce-structured");
     assert_eq!(find("D4444DD")["id"], "ce-binary");
     assert_eq!(find("D4444DD")["source"], "urn:probation");
 
     // Every message was deleted after it was durable; none was redriven.
-    wait_until("the ingest queue drains", || aws.depth("switchyard-ingest") == 0);
+    wait_until("the ingest queue drains", || {
+        aws.depth("switchyard-ingest") == 0
+    });
     assert_eq!(aws.depth("switchyard-ingest-dlq"), 0);
     let (_, sources) = router.get("/v1/sources");
     assert_eq!(sources["sources"][0]["accepted"], 4, "{sources}");
@@ -270,7 +323,10 @@ raw = true
         ("good", good("G0000AA")),
         ("bad-message", "this is not json".to_string()),
         ("invalid", bad_time.to_string()),
-        ("no-route", hmpps("some-other.domain.event", "X3", "-", t).to_string()),
+        (
+            "no-route",
+            hmpps("some-other.domain.event", "X3", "-", t).to_string(),
+        ),
         ("trap", trap.to_string()),
         ("bad-message", confirm.to_string()),
         ("good", good("G1111BB")),
@@ -282,15 +338,26 @@ raw = true
     let echoed = aws.receive_n("consumer", 2);
     let mut echoed_noms: Vec<String> = echoed
         .iter()
-        .map(|m| m.json()["data"]["personReference"]["identifiers"][0]["value"].as_str().unwrap().to_string())
+        .map(|m| {
+            m.json()["data"]["personReference"]["identifiers"][0]["value"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
         .collect();
     echoed_noms.sort();
     assert_eq!(echoed_noms, ["G0000AA", "G1111BB"]);
 
     let dead = router.wait_for("dead-letter", 5);
-    let mut reasons: Vec<&str> = dead.iter().map(|d| d["data"]["reason"].as_str().unwrap()).collect();
+    let mut reasons: Vec<&str> = dead
+        .iter()
+        .map(|d| d["data"]["reason"].as_str().unwrap())
+        .collect();
     reasons.sort();
-    assert_eq!(reasons, ["bad-message", "bad-message", "invalid", "no-route", "trap"]);
+    assert_eq!(
+        reasons,
+        ["bad-message", "bad-message", "invalid", "no-route", "trap"]
+    );
     for d in &dead {
         let data = &d["data"];
         match data["reason"].as_str().unwrap() {
@@ -298,20 +365,37 @@ raw = true
             reason => {
                 // Source-side dead letters keep the message whole, for replay.
                 assert_eq!(data["source"], "sqs:ingest", "{d}");
-                assert!(data["messageId"].as_str().is_some_and(|m| !m.is_empty()), "{d}");
+                assert!(
+                    data["messageId"].as_str().is_some_and(|m| !m.is_empty()),
+                    "{d}"
+                );
                 let body = data["message"]["body"].as_str().unwrap();
-                assert!(messages.iter().any(|(r, b)| *r == reason && b == body), "{d}");
+                assert!(
+                    messages.iter().any(|(r, b)| *r == reason && b == body),
+                    "{d}"
+                );
                 assert!(!data["error"].as_str().unwrap().is_empty(), "{d}");
             }
         }
     }
-    let invalid = dead.iter().find(|d| d["data"]["reason"] == "invalid").unwrap();
-    assert_eq!(invalid["data"]["details"][0]["field"], "/occurredAt", "{invalid}");
-    let unrouted = dead.iter().find(|d| d["data"]["reason"] == "no-route").unwrap();
+    let invalid = dead
+        .iter()
+        .find(|d| d["data"]["reason"] == "invalid")
+        .unwrap();
+    assert_eq!(
+        invalid["data"]["details"][0]["field"], "/occurredAt",
+        "{invalid}"
+    );
+    let unrouted = dead
+        .iter()
+        .find(|d| d["data"]["reason"] == "no-route")
+        .unwrap();
     assert_eq!(unrouted["data"]["event"]["type"], "some-other.domain.event");
 
     // Poison messages are deleted, not retried until SQS redrives them.
-    wait_until("the ingest queue drains", || aws.depth("switchyard-ingest") == 0);
+    wait_until("the ingest queue drains", || {
+        aws.depth("switchyard-ingest") == 0
+    });
     assert_eq!(aws.depth("switchyard-ingest-dlq"), 0);
 }
 

@@ -533,9 +533,15 @@ attributes = { producer = "switchyard" }
         .unwrap();
         assert!(cfg.uses_aws());
         let src = &cfg.sources.sqs["ingest"];
-        assert_eq!((src.wait_time_s, src.max_messages, src.concurrency), (20, 10, 2));
+        assert_eq!(
+            (src.wait_time_s, src.max_messages, src.concurrency),
+            (20, 10, 2)
+        );
         assert_eq!(cfg.sinks.sns["events"].format, MessageFormat::Cloudevent);
-        assert_eq!(cfg.sinks.sqs["audit"].target(), "https://sqs.eu-west-2.amazonaws.com/1/audit.fifo");
+        assert_eq!(
+            cfg.sinks.sqs["audit"].target(),
+            "https://sqs.eu-west-2.amazonaws.com/1/audit.fifo"
+        );
         assert_eq!(cfg.routes[0].delivery, Delivery::Outbox);
         assert!(!parse("").unwrap().uses_aws());
     }
@@ -543,15 +549,39 @@ attributes = { producer = "switchyard" }
     #[test]
     fn bad_aws_settings_name_the_key() {
         let cases = [
-            ("[sources.sqs.in]\nqueue = \"q\"\nmax_messages = 11\n", "sources.sqs.in.max_messages"),
-            ("[sources.sqs.in]\nqueue = \"q\"\nwait_time_s = 21\n", "sources.sqs.in.wait_time_s"),
-            ("[sources.sqs.in]\nqueue = \"bad name\"\n", "sources.sqs.in.queue"),
-            ("[sinks.sns.out]\nqueue = \"q\"\nfrom = [\"*\"]\n", "sinks.sns.out.queue"),
+            (
+                "[sources.sqs.in]\nqueue = \"q\"\nmax_messages = 11\n",
+                "sources.sqs.in.max_messages",
+            ),
+            (
+                "[sources.sqs.in]\nqueue = \"q\"\nwait_time_s = 21\n",
+                "sources.sqs.in.wait_time_s",
+            ),
+            (
+                "[sources.sqs.in]\nqueue = \"bad name\"\n",
+                "sources.sqs.in.queue",
+            ),
+            (
+                "[sinks.sns.out]\nqueue = \"q\"\nfrom = [\"*\"]\n",
+                "sinks.sns.out.queue",
+            ),
             ("[sinks.sqs.out]\nfrom = [\"*\"]\n", "sinks.sqs.out"),
-            ("[sinks.sns.out]\ntopic = \"t\"\nfrom = []\n", "sinks.sns.out.from"),
-            ("[sinks.sns.out]\ntopic = \"t\"\nfrom = [\"*\"]\nattributes = { \"AWS.x\" = \"v\" }\n", "sinks.sns.out.attributes.AWS.x"),
-            ("[sinks.sns.out]\ntopic = \"t\"\nfrom = [\"*\"]\n[sinks.sqs.out]\nqueue = \"q\"\nfrom = [\"*\"]\n", "sinks.sqs.out"),
-            ("[aws]\nendpoint_url = \"localhost:4566\"\n", "aws.endpoint_url"),
+            (
+                "[sinks.sns.out]\ntopic = \"t\"\nfrom = []\n",
+                "sinks.sns.out.from",
+            ),
+            (
+                "[sinks.sns.out]\ntopic = \"t\"\nfrom = [\"*\"]\nattributes = { \"AWS.x\" = \"v\" }\n",
+                "sinks.sns.out.attributes.AWS.x",
+            ),
+            (
+                "[sinks.sns.out]\ntopic = \"t\"\nfrom = [\"*\"]\n[sinks.sqs.out]\nqueue = \"q\"\nfrom = [\"*\"]\n",
+                "sinks.sqs.out",
+            ),
+            (
+                "[aws]\nendpoint_url = \"localhost:4566\"\n",
+                "aws.endpoint_url",
+            ),
         ];
         for (extra, key) in cases {
             let err = parse(extra).expect_err(extra);
@@ -562,10 +592,19 @@ attributes = { producer = "switchyard" }
     #[test]
     fn direct_routes_need_a_sink_and_stateless_plugins() {
         let direct = |stage: &str, sink: bool| {
-            let sink = if sink { "[sinks.sns.out]\ntopic = \"t\"\nfrom = [\"*\"]\n" } else { "" };
-            format!("{sink}[[routes]]\nname = \"d\"\nmatch = [\"a.*\"]\npipeline = [\"{stage}\"]\ndelivery = \"direct\"\n")
+            let sink = if sink {
+                "[sinks.sns.out]\ntopic = \"t\"\nfrom = [\"*\"]\n"
+            } else {
+                ""
+            };
+            format!(
+                "{sink}[[routes]]\nname = \"d\"\nmatch = [\"a.*\"]\npipeline = [\"{stage}\"]\ndelivery = \"direct\"\n"
+            )
         };
-        assert_eq!(parse(&direct("fanout", true)).unwrap().routes[1].delivery, Delivery::Direct);
+        assert_eq!(
+            parse(&direct("fanout", true)).unwrap().routes[1].delivery,
+            Delivery::Direct
+        );
         let err = parse(&direct("fanout", false)).unwrap_err();
         assert_eq!(err.key, "routes[1].delivery");
         let err = parse(&direct("proj", true)).unwrap_err();

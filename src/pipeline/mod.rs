@@ -20,9 +20,7 @@ use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
 
 pub use kv::{BatchKv, UnitKv};
-pub use stage::{
-    DEAD_LETTER_TYPE, StageFailure, StagePolicy, dead_letter, derive_id, run_route,
-};
+pub use stage::{DEAD_LETTER_TYPE, StageFailure, StagePolicy, dead_letter, derive_id, run_route};
 
 use crate::config::RouterConfig;
 use crate::event::Event;

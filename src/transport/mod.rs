@@ -162,7 +162,10 @@ pub async fn stage(
     }
     Ok(Staged {
         events,
-        outputs: outputs.into_iter().map(|(_, topic, ev)| (topic, ev)).collect(),
+        outputs: outputs
+            .into_iter()
+            .map(|(_, topic, ev)| (topic, ev))
+            .collect(),
         published,
     })
 }

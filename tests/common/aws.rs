@@ -82,7 +82,10 @@ impl Emulator {
             if let Some(Ok(Some(status))) = self.child.as_mut().map(Child::try_wait) {
                 panic!("the emulator exited with {status} before it was ready");
             }
-            assert!(start.elapsed() < DEADLINE, "the emulator did not become ready");
+            assert!(
+                start.elapsed() < DEADLINE,
+                "the emulator did not become ready"
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -199,7 +202,9 @@ impl Aws {
     }
 
     pub fn topic_arn(&self, name: &str) -> String {
-        let out = self.block(self.sns.list_topics().send()).expect("list topics");
+        let out = self
+            .block(self.sns.list_topics().send())
+            .expect("list topics");
         out.topics()
             .iter()
             .filter_map(|t| t.topic_arn())
@@ -209,7 +214,13 @@ impl Aws {
     }
 
     /// Sends one message with String attributes (and FIFO ids when given).
-    pub fn send(&self, queue: &str, body: &str, attrs: &[(&str, &str)], fifo: Option<(&str, &str)>) {
+    pub fn send(
+        &self,
+        queue: &str,
+        body: &str,
+        attrs: &[(&str, &str)],
+        fifo: Option<(&str, &str)>,
+    ) {
         let mut req = self
             .sqs
             .send_message()
@@ -217,7 +228,11 @@ impl Aws {
             .message_body(body);
         for (k, v) in attrs {
             let value = MessageAttributeValue::builder()
-                .data_type(if v.parse::<f64>().is_ok() { "Number" } else { "String" })
+                .data_type(if v.parse::<f64>().is_ok() {
+                    "Number"
+                } else {
+                    "String"
+                })
                 .string_value(*v)
                 .build()
                 .unwrap();
@@ -226,12 +241,17 @@ impl Aws {
         if let Some((group, dedup)) = fifo {
             req = req.message_group_id(group).message_deduplication_id(dedup);
         }
-        self.block(req.send()).unwrap_or_else(|e| panic!("send to {queue}: {e:?}"));
+        self.block(req.send())
+            .unwrap_or_else(|e| panic!("send to {queue}: {e:?}"));
     }
 
     /// Publishes one message to a topic with String attributes.
     pub fn publish(&self, topic: &str, body: &str, attrs: &[(&str, &str)]) {
-        let mut req = self.sns.publish().topic_arn(self.topic_arn(topic)).message(body);
+        let mut req = self
+            .sns
+            .publish()
+            .topic_arn(self.topic_arn(topic))
+            .message(body);
         for (k, v) in attrs {
             let value = aws_sdk_sns::types::MessageAttributeValue::builder()
                 .data_type("String")
@@ -240,7 +260,8 @@ impl Aws {
                 .unwrap();
             req = req.message_attributes(*k, value);
         }
-        self.block(req.send()).unwrap_or_else(|e| panic!("publish to {topic}: {e:?}"));
+        self.block(req.send())
+            .unwrap_or_else(|e| panic!("publish to {topic}: {e:?}"));
     }
 
     /// One receive (long poll of `wait_s`), deleting what it got.
@@ -266,7 +287,10 @@ impl Aws {
                 .flatten()
                 .map(|(k, v)| {
                     let text = v.string_value().map(str::to_string).unwrap_or_else(|| {
-                        String::from_utf8_lossy(v.binary_value().map(|b| b.as_ref()).unwrap_or_default()).to_string()
+                        String::from_utf8_lossy(
+                            v.binary_value().map(|b| b.as_ref()).unwrap_or_default(),
+                        )
+                        .to_string()
                     });
                     (k.clone(), text)
                 })
@@ -319,7 +343,12 @@ impl Aws {
             )
             .expect("queue attributes");
         let attrs = out.attributes().cloned().unwrap_or_default();
-        let n = |k: QueueAttributeName| attrs.get(&k).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+        let n = |k: QueueAttributeName| {
+            attrs
+                .get(&k)
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0)
+        };
         n(QueueAttributeName::ApproximateNumberOfMessages)
             + n(QueueAttributeName::ApproximateNumberOfMessagesNotVisible)
     }

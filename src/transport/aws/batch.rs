@@ -94,9 +94,8 @@ pub fn encode(ev: &Event, log_topic: &str, enc: &Encoding) -> Result<Outgoing, S
 /// A valid `MessageGroupId`: the key itself when SNS/SQS accept it (1–128
 /// printable ASCII characters), else a stable hash of it.
 pub fn group_id(key: &str) -> String {
-    let ok = !key.is_empty()
-        && key.len() <= MAX_GROUP_ID
-        && key.chars().all(|c| c.is_ascii_graphic());
+    let ok =
+        !key.is_empty() && key.len() <= MAX_GROUP_ID && key.chars().all(|c| c.is_ascii_graphic());
     if ok {
         key.to_string()
     } else {
@@ -159,7 +158,11 @@ mod tests {
         let e = ev("id-1", Some("A1234BC"), r#"{"a":1}"#);
         let m = encode(&e, "t", &enc(MessageFormat::Data, false)).unwrap();
         assert_eq!(m.body, r#"{"a":1}"#);
-        let names: Vec<_> = m.attributes.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        let names: Vec<_> = m
+            .attributes
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
         assert_eq!(
             names,
             [
@@ -171,14 +174,22 @@ mod tests {
         assert_eq!((m.group_id, m.dedup_id), (None, None));
         let m = encode(&e, "t", &enc(MessageFormat::Cloudevent, true)).unwrap();
         let body: serde_json::Value = serde_json::from_str(&m.body).unwrap();
-        assert_eq!((body["id"].as_str(), body["data"]["a"].as_i64()), (Some("id-1"), Some(1)));
+        assert_eq!(
+            (body["id"].as_str(), body["data"]["a"].as_i64()),
+            (Some("id-1"), Some(1))
+        );
         assert_eq!(m.group_id.as_deref(), Some("A1234BC"));
         assert_eq!(m.dedup_id.as_deref(), Some("id-1"));
     }
 
     #[test]
     fn fifo_group_falls_back_to_topic_and_hashes_bad_keys() {
-        let m = encode(&ev("i", None, "{}"), "log-topic", &enc(MessageFormat::Data, true)).unwrap();
+        let m = encode(
+            &ev("i", None, "{}"),
+            "log-topic",
+            &enc(MessageFormat::Data, true),
+        )
+        .unwrap();
         assert_eq!(m.group_id.as_deref(), Some("log-topic"));
         let g = group_id("has space é");
         assert!(g.starts_with("sha256-") && g.len() == 71, "{g}");

@@ -107,9 +107,12 @@ impl AwsError {
             SdkError::TimeoutError(_) => {
                 Self::new(FailureKind::Unreachable, operation, "TimeoutError", chain)
             }
-            SdkError::DispatchFailure(_) => {
-                Self::new(FailureKind::Unreachable, operation, "DispatchFailure", chain)
-            }
+            SdkError::DispatchFailure(_) => Self::new(
+                FailureKind::Unreachable,
+                operation,
+                "DispatchFailure",
+                chain,
+            ),
             SdkError::ResponseError(_) => {
                 Self::new(FailureKind::Unreachable, operation, "ResponseError", chain)
             }
@@ -234,7 +237,14 @@ mod tests {
             base: Duration::from_millis(100),
             max: Duration::from_millis(1000),
         };
-        for (attempt, full) in [(1, 100), (2, 200), (3, 400), (4, 800), (5, 1000), (40, 1000)] {
+        for (attempt, full) in [
+            (1, 100),
+            (2, 200),
+            (3, 400),
+            (4, 800),
+            (5, 1000),
+            (40, 1000),
+        ] {
             let d = b.delay(attempt).as_millis() as u64;
             assert!(d >= full / 2 && d <= full, "attempt {attempt}: {d} ms");
         }

@@ -71,7 +71,8 @@ pub fn unwrap(
     let Ok(Value::Object(env)) = serde_json::from_str::<Value>(body) else {
         return Ok(raw());
     };
-    let (Some(Value::String(kind)), Some(Value::String(arn))) = (env.get("Type"), env.get("TopicArn"))
+    let (Some(Value::String(kind)), Some(Value::String(arn))) =
+        (env.get("Type"), env.get("TopicArn"))
     else {
         return Ok(raw());
     };
@@ -102,7 +103,10 @@ pub fn unwrap(
     Ok(Unwrapped {
         body: message,
         attributes: attrs,
-        sns_message_id: env.get("MessageId").and_then(Value::as_str).map(str::to_string),
+        sns_message_id: env
+            .get("MessageId")
+            .and_then(Value::as_str)
+            .map(str::to_string),
         topic_arn: Some(arn.clone()),
     })
 }
@@ -145,7 +149,9 @@ pub fn as_request(u: &Unwrapped) -> Result<HeaderMap, MessageError> {
                 "application/cloudevents+json".to_string()
             }
             Ok(Value::Array(items))
-                if items.first().is_some_and(|i| i.get("specversion").is_some()) =>
+                if items
+                    .first()
+                    .is_some_and(|i| i.get("specversion").is_some()) =>
             {
                 "application/cloudevents-batch+json".to_string()
             }
@@ -199,7 +205,11 @@ mod tests {
 
     #[test]
     fn sns_envelopes_are_unwrapped_with_all_attribute_types() {
-        let u = unwrap(&envelope(r#"{"eventType":"a.b"}"#), text(&[("ignored", "x")])).unwrap();
+        let u = unwrap(
+            &envelope(r#"{"eventType":"a.b"}"#),
+            text(&[("ignored", "x")]),
+        )
+        .unwrap();
         assert_eq!(u.body, r#"{"eventType":"a.b"}"#);
         assert_eq!(u.sns_message_id.as_deref(), Some("sns-1"));
         assert_eq!(u.attributes["n"], AttrValue::Text("42".into()));
@@ -217,7 +227,12 @@ mod tests {
         let e = unwrap(&confirm, BTreeMap::new()).unwrap_err();
         assert_eq!(e.field, "/Type");
         let bad_b64 = envelope("{}").replace("Y2UtMQ==", "***");
-        assert!(unwrap(&bad_b64, BTreeMap::new()).unwrap_err().field.contains("ce_id"));
+        assert!(
+            unwrap(&bad_b64, BTreeMap::new())
+                .unwrap_err()
+                .field
+                .contains("ce_id")
+        );
     }
 
     #[test]
@@ -229,13 +244,18 @@ mod tests {
         assert_eq!(ct(&u), "application/cloudevents-batch+json");
         u.body = r#"{"eventType":"a"}"#.into();
         assert_eq!(ct(&u), "application/json");
-        u.attributes = text(&[("ce_specversion", "1.0"), ("ce-subject", "café 100%"), ("traceparent", "00-t")]);
+        u.attributes = text(&[
+            ("ce_specversion", "1.0"),
+            ("ce-subject", "café 100%"),
+            ("traceparent", "00-t"),
+        ]);
         let h = as_request(&u).unwrap();
         assert_eq!(h[http::header::CONTENT_TYPE], "application/json");
         assert_eq!(h["ce-specversion"], "1.0");
         assert_eq!(h["ce-subject"], "caf%C3%A9 100%25");
         assert_eq!(h["traceparent"], "00-t");
-        u.attributes.insert("ce-id".into(), AttrValue::Binary(vec![0xff]));
+        u.attributes
+            .insert("ce-id".into(), AttrValue::Binary(vec![0xff]));
         assert_eq!(as_request(&u).unwrap_err().field, "ce-id");
     }
 }

@@ -132,7 +132,10 @@ impl Outbox {
                 e.to_string(),
             ))
         };
-        let records = self.store.read(topic, cursor, READ_CHUNK).map_err(store_failed)?;
+        let records = self
+            .store
+            .read(topic, cursor, READ_CHUNK)
+            .map_err(store_failed)?;
         let Some(last) = records.last().map(|r| r.offset) else {
             return Ok(cursor);
         };
@@ -171,8 +174,12 @@ impl Outbox {
             }
         }
         let stats = &sink.stats;
-        stats.delivered.fetch_add(report.accepted.len() as u64, Ordering::Relaxed);
-        stats.dead_lettered.fetch_add(report.refused.len() as u64, Ordering::Relaxed);
+        stats
+            .delivered
+            .fetch_add(report.accepted.len() as u64, Ordering::Relaxed);
+        stats
+            .dead_lettered
+            .fetch_add(report.refused.len() as u64, Ordering::Relaxed);
         tracing::debug!(sink = %sink.name, topic, from = cursor, to = last, delivered = report.accepted.len(), "sink cursor committed");
         Ok(last + 1)
     }
@@ -235,7 +242,8 @@ mod tests {
     fn direct_marks_name_sinks_exactly() {
         let mut ev = crate::transport::aws::tests::event("e1");
         assert!(!delivered_to(&ev, "events"));
-        ev.attributes.insert(ATTR_DELIVERED.into(), "events,audit".into());
+        ev.attributes
+            .insert(ATTR_DELIVERED.into(), "events,audit".into());
         assert!(delivered_to(&ev, "events") && delivered_to(&ev, "audit"));
         assert!(!delivered_to(&ev, "event"));
         assert_eq!(cursor_name("events", "domain.x"), "sink/events/domain.x");

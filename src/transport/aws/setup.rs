@@ -48,13 +48,17 @@ pub async fn setup(cfg: &Config) -> Result<Vec<String>, SetupError> {
     let mut queues: BTreeMap<String, QueueSpec> = BTreeMap::new();
     let mut topics: BTreeSet<String> = BTreeSet::new();
     for s in cfg.sources.sqs.values() {
-        let spec = queues.entry(queue_name(s.queue.get_ref()).to_string()).or_default();
+        let spec = queues
+            .entry(queue_name(s.queue.get_ref()).to_string())
+            .or_default();
         if let Some(dlq) = &s.dead_letter_queue {
             spec.dead_letter = Some((dlq.clone(), s.max_receive_count));
         }
     }
     for s in cfg.sinks.sqs.values() {
-        queues.entry(queue_name(s.target()).to_string()).or_default();
+        queues
+            .entry(queue_name(s.target()).to_string())
+            .or_default();
     }
     for s in cfg.sinks.sns.values() {
         topics.insert(topic_name(s.target()).to_string());
@@ -79,13 +83,20 @@ pub async fn setup(cfg: &Config) -> Result<Vec<String>, SetupError> {
         let mut attrs = BTreeMap::new();
         if let Some((dlq, max)) = &spec.dead_letter {
             let (_, dlq_arn) = create_queue(&sqs, dlq, BTreeMap::new()).await?;
-            report.push(format!("queue {dlq}: {dlq_arn} (dead-letter queue of {name})"));
-            let redrive = json!({ "deadLetterTargetArn": dlq_arn, "maxReceiveCount": max.to_string() });
+            report.push(format!(
+                "queue {dlq}: {dlq_arn} (dead-letter queue of {name})"
+            ));
+            let redrive =
+                json!({ "deadLetterTargetArn": dlq_arn, "maxReceiveCount": max.to_string() });
             attrs.insert(QueueAttributeName::RedrivePolicy, redrive.to_string());
         }
         let (url, arn) = create_queue(&sqs, name, BTreeMap::new()).await?;
         if !spec.topics.is_empty() {
-            let sources: Vec<&String> = spec.topics.iter().filter_map(|t| topic_arns.get(t)).collect();
+            let sources: Vec<&String> = spec
+                .topics
+                .iter()
+                .filter_map(|t| topic_arns.get(t))
+                .collect();
             attrs.insert(QueueAttributeName::Policy, queue_policy(&arn, &sources));
         }
         if !attrs.is_empty() {
@@ -101,7 +112,9 @@ pub async fn setup(cfg: &Config) -> Result<Vec<String>, SetupError> {
         queue_arns.insert(name.clone(), arn);
     }
     for sub in &cfg.aws.subscriptions {
-        let (Some(topic_arn), Some(queue_arn)) = (topic_arns.get(&sub.topic), queue_arns.get(&sub.queue)) else {
+        let (Some(topic_arn), Some(queue_arn)) =
+            (topic_arns.get(&sub.topic), queue_arns.get(&sub.queue))
+        else {
             continue;
         };
         let what = format!("subscription {} -> {}", sub.topic, sub.queue);
@@ -109,7 +122,9 @@ pub async fn setup(cfg: &Config) -> Result<Vec<String>, SetupError> {
         if let Some(policy) = sub.filter_policy_json() {
             attrs.push(("FilterPolicy", policy));
         }
-        let arn = subscribe(&sns, topic_arn, queue_arn, &attrs).await.map_err(at(what.clone()))?;
+        let arn = subscribe(&sns, topic_arn, queue_arn, &attrs)
+            .await
+            .map_err(at(what.clone()))?;
         let filter = sub.filter_policy_json().unwrap_or_else(|| "none".into());
         report.push(format!("{what}: {arn} (raw {}, filter {filter})", sub.raw));
     }
@@ -124,7 +139,9 @@ fn topic_name(target: &str) -> &str {
 async fn create_topic(sns: &aws_sdk_sns::Client, name: &str) -> Result<String, SetupError> {
     let mut req = sns.create_topic().name(name);
     if name.ends_with(".fifo") {
-        req = req.attributes("FifoTopic", "true").attributes("ContentBasedDeduplication", "true");
+        req = req
+            .attributes("FifoTopic", "true")
+            .attributes("ContentBasedDeduplication", "true");
     }
     let out = req
         .send()
@@ -236,6 +253,9 @@ async fn subscribe(
     for (name, value) in attrs {
         req = req.attributes(*name, value);
     }
-    let out = req.send().await.map_err(|e| AwsError::from_sdk("Subscribe", &e))?;
+    let out = req
+        .send()
+        .await
+        .map_err(|e| AwsError::from_sdk("Subscribe", &e))?;
     Ok(out.subscription_arn().unwrap_or_default().to_string())
 }

@@ -160,9 +160,9 @@ impl Sink {
     /// Whether this sink forwards log topic `topic`. Globs never match the
     /// `reserved` topics (ingest, dead-letter); exact names do.
     pub fn forwards(&self, topic: &str, reserved: &[&str]) -> bool {
-        self.from.iter().any(|p| {
-            p == topic || (!reserved.contains(&topic) && glob_match::glob_match(p, topic))
-        })
+        self.from
+            .iter()
+            .any(|p| p == topic || (!reserved.contains(&topic) && glob_match::glob_match(p, topic)))
     }
 
     /// Delivers `items` (log topic, event) in order. Every item ends in the
@@ -244,12 +244,20 @@ impl Sink {
         // Solo entries go alone; runs of the others are packed into batches.
         for (i, p) in pending.iter().enumerate() {
             if p.solo {
-                plan.extend(chunks(&msgs[start..i]).into_iter().map(|r| r.start + start..r.end + start));
+                plan.extend(
+                    chunks(&msgs[start..i])
+                        .into_iter()
+                        .map(|r| r.start + start..r.end + start),
+                );
                 plan.push(i..i + 1);
                 start = i + 1;
             }
         }
-        plan.extend(chunks(&msgs[start..]).into_iter().map(|r| r.start + start..r.end + start));
+        plan.extend(
+            chunks(&msgs[start..])
+                .into_iter()
+                .map(|r| r.start + start..r.end + start),
+        );
 
         let fifo = self.dest.is_fifo();
         let mut results = Vec::with_capacity(plan.len());
@@ -284,7 +292,9 @@ impl Sink {
             match result {
                 Ok(outcomes) => {
                     for (pos, outcome) in range.clone().zip(outcomes) {
-                        let Some(mut p) = slots[pos].take() else { continue };
+                        let Some(mut p) = slots[pos].take() else {
+                            continue;
+                        };
                         match outcome {
                             EntryOutcome::Accepted { message_id } => {
                                 report.accepted.push((p.index, message_id));
@@ -297,8 +307,17 @@ impl Sink {
                                 p.attempts += 1;
                                 let error = format!("{code}: {message}");
                                 if sender_fault || p.attempts >= self.max_attempts {
-                                    let reason = if sender_fault { "sink-rejected" } else { "sink-failed" };
-                                    let refusal = Refusal { reason, code, error, attempts: p.attempts };
+                                    let reason = if sender_fault {
+                                        "sink-rejected"
+                                    } else {
+                                        "sink-failed"
+                                    };
+                                    let refusal = Refusal {
+                                        reason,
+                                        code,
+                                        error,
+                                        attempts: p.attempts,
+                                    };
                                     report.refused.push((p.index, refusal));
                                 } else {
                                     tracing::warn!(sink = %self.name, event = %p.msg.event_id, attempt = p.attempts, error = %error, "entry refused, will retry");
@@ -347,9 +366,13 @@ impl Sink {
 
     fn note_error(&self, e: &AwsError, rounds: u32) {
         let first = !self.stats.retrying.swap(true, Ordering::Relaxed);
-        *self.stats.last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(e.to_string());
+        *self
+            .stats
+            .last_error
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some(e.to_string());
         // Loud at the start of an outage and then every tenth round.
-        if first || rounds % 10 == 0 {
+        if first || rounds.is_multiple_of(10) {
             match e.kind {
                 FailureKind::Denied | FailureKind::Missing => {
                     tracing::error!(sink = %self.name, target = %self.dest.target(), rounds, error = %e, "sink delivery failed, will retry");

@@ -4,9 +4,9 @@ use std::sync::Mutex;
 
 use aws_sdk_sns::types::{MessageAttributeValue, PublishBatchRequestEntry};
 
+use super::EntryOutcome;
 use super::batch::Outgoing;
 use super::client::{AwsError, FailureKind};
-use super::EntryOutcome;
 
 /// An SNS topic given by ARN or by name (resolved with `ListTopics` once and
 /// remembered; forgotten again if SNS says it does not exist).

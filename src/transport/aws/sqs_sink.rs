@@ -61,7 +61,12 @@ impl SqsQueue {
         let url = out.queue_url().unwrap_or_default().to_string();
         if url.is_empty() {
             let msg = format!("no url for queue {:?}", self.target);
-            return Err(AwsError::new(FailureKind::Missing, "GetQueueUrl", "NoUrl", msg));
+            return Err(AwsError::new(
+                FailureKind::Missing,
+                "GetQueueUrl",
+                "NoUrl",
+                msg,
+            ));
         }
         *lock(&self.url) = Some(url.clone());
         Ok(url)

@@ -69,7 +69,12 @@ enum Fate {
 }
 
 impl SqsSource {
-    pub fn new(name: &str, client: aws_sdk_sqs::Client, cfg: &SqsSourceConfig, all: &Config) -> Self {
+    pub fn new(
+        name: &str,
+        client: aws_sdk_sqs::Client,
+        cfg: &SqsSourceConfig,
+        all: &Config,
+    ) -> Self {
         let queue = SqsQueue::new(client, cfg.queue.get_ref());
         let source = cfg
             .source
@@ -89,7 +94,12 @@ impl SqsSource {
     }
 
     /// Starts `concurrency` receive loops.
-    pub fn spawn(self: &Arc<Self>, rt: &Arc<Runtime>, shutdown: &watch::Receiver<bool>, tasks: &mut JoinSet<()>) {
+    pub fn spawn(
+        self: &Arc<Self>,
+        rt: &Arc<Runtime>,
+        shutdown: &watch::Receiver<bool>,
+        tasks: &mut JoinSet<()>,
+    ) {
         for worker in 0..self.cfg.concurrency {
             let (me, rt, stop) = (self.clone(), rt.clone(), shutdown.clone());
             tasks.spawn(async move { me.poll(rt, stop, worker).await });
@@ -113,10 +123,19 @@ impl SqsSource {
     }
 
     fn note_error(&self, e: &str) {
-        *self.stats.last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(e.to_string());
+        *self
+            .stats
+            .last_error
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some(e.to_string());
     }
 
-    async fn poll(self: Arc<Self>, rt: Arc<Runtime>, mut shutdown: watch::Receiver<bool>, worker: usize) {
+    async fn poll(
+        self: Arc<Self>,
+        rt: Arc<Runtime>,
+        mut shutdown: watch::Receiver<bool>,
+        worker: usize,
+    ) {
         tracing::info!(source = %self.name, queue = %self.queue.target(), worker, "sqs source polling");
         let mut failures = 0u32;
         while !*shutdown.borrow() {
@@ -138,7 +157,7 @@ impl SqsSource {
                     failures += 1;
                     self.queue.on_error(&e);
                     self.note_error(&e.to_string());
-                    if failures == 1 || failures % 10 == 0 {
+                    if failures == 1 || failures.is_multiple_of(10) {
                         tracing::warn!(source = %self.name, worker, failures, error = %e, "sqs receive failed, will retry");
                     }
                     tokio::select! {
@@ -171,7 +190,9 @@ impl SqsSource {
 
     /// Handles one received batch: decide each message's fate, write, delete.
     async fn handle(&self, rt: &Runtime, url: &str, msgs: Vec<Message>) {
-        self.stats.received.fetch_add(msgs.len() as u64, Ordering::Relaxed);
+        self.stats
+            .received
+            .fetch_add(msgs.len() as u64, Ordering::Relaxed);
         let heartbeat = KeepInvisible::start(self, url, &msgs);
         // Let the heartbeat reach its first timer before this task takes the
         // worker for plugin work: a task just spawned sits in this worker's
@@ -203,19 +224,28 @@ impl SqsSource {
                 }
             }
         }
-        let (n_dead, n_events) = (dead.len(), staged.iter().map(|s| s.events().len()).sum::<usize>());
+        let (n_dead, n_events) = (
+            dead.len(),
+            staged.iter().map(|s| s.events().len()).sum::<usize>(),
+        );
         if !done.is_empty() {
             match commit(rt, staged, dead).await {
                 Ok(_) => {
-                    self.stats.accepted.fetch_add(n_events as u64, Ordering::Relaxed);
-                    self.stats.dead_lettered.fetch_add(n_dead as u64, Ordering::Relaxed);
+                    self.stats
+                        .accepted
+                        .fetch_add(n_events as u64, Ordering::Relaxed);
+                    self.stats
+                        .dead_lettered
+                        .fetch_add(n_dead as u64, Ordering::Relaxed);
                     self.delete(url, &done).await;
                 }
                 Err(e) => {
                     // Nothing was written: leave every message for redelivery.
                     tracing::error!(source = %self.name, messages = done.len(), error = %e, "cannot write received messages; leaving them in the queue");
                     self.note_error(&e.to_string());
-                    self.stats.left.fetch_add(done.len() as u64, Ordering::Relaxed);
+                    self.stats
+                        .left
+                        .fetch_add(done.len() as u64, Ordering::Relaxed);
                 }
             }
         }
@@ -226,8 +256,18 @@ impl SqsSource {
         let incoming = match self.decode(m) {
             Ok(i) => i,
             Err(e) => {
-                let problem = Problem { index: None, field: e.field.clone(), reason: e.reason.clone() };
-                return Fate::DeadLetter(self.dead_letter(m, "bad-message", &e.to_string(), &[problem], &[]));
+                let problem = Problem {
+                    index: None,
+                    field: e.field.clone(),
+                    reason: e.reason.clone(),
+                };
+                return Fate::DeadLetter(self.dead_letter(
+                    m,
+                    "bad-message",
+                    &e.to_string(),
+                    &[problem],
+                    &[],
+                ));
             }
         };
         let batch = incoming.first().is_some_and(|i| i.batch);
@@ -239,7 +279,7 @@ impl SqsSource {
             Err(IngestError::Rejected(p)) => ("rejected", p),
             Err(e @ (IngestError::Undelivered(_) | IngestError::Unavailable(_))) => {
                 let id = m.message_id().unwrap_or_default();
-                tracing::warn!(source = %self.name, message = id, error = %e, "message left for redelivery");
+                tracing::warn!(source = %self.name, message_id = id, error = %e, "message left for redelivery");
                 self.note_error(&e.to_string());
                 return Fate::Leave;
             }
@@ -249,7 +289,7 @@ impl SqsSource {
             .map(|p| format!("{}: {}", p.field, p.reason))
             .collect::<Vec<_>>()
             .join("; ");
-        tracing::warn!(source = %self.name, message = m.message_id().unwrap_or_default(), reason, error = %summary, "message dead-lettered");
+        tracing::warn!(source = %self.name, message_id = m.message_id().unwrap_or_default(), reason, error = %summary, "message dead-lettered");
         Fate::DeadLetter(self.dead_letter(m, reason, &summary, &problems, &events))
     }
 
@@ -258,7 +298,11 @@ impl SqsSource {
         let mut attrs = BTreeMap::new();
         for (name, v) in m.message_attributes().into_iter().flatten() {
             let value = if v.data_type().starts_with("Binary") {
-                AttrValue::Binary(v.binary_value().map(|b| b.as_ref().to_vec()).unwrap_or_default())
+                AttrValue::Binary(
+                    v.binary_value()
+                        .map(|b| b.as_ref().to_vec())
+                        .unwrap_or_default(),
+                )
             } else {
                 AttrValue::Text(v.string_value().unwrap_or_default().to_string())
             };
@@ -268,15 +312,28 @@ impl SqsSource {
         let headers = message::as_request(&u)?;
         let decoded = decode_http(&headers, u.body.as_bytes(), &self.defaults).map_err(|e| {
             let at = e.index.map(|i| format!("item {i}, ")).unwrap_or_default();
-            let field = if e.field.is_empty() { "body".to_string() } else { e.field.clone() };
-            MessageError { field: format!("{at}{field}"), reason: e.reason }
+            let field = if e.field.is_empty() {
+                "body".to_string()
+            } else {
+                e.field.clone()
+            };
+            MessageError {
+                field: format!("{at}{field}"),
+                reason: e.reason,
+            }
         })?;
         // Every copy of one message (and of one SNS publish) gets the same
         // ids, so a redelivery is recognisably the same event downstream.
         let origin = u
             .sns_message_id
             .map(|id| format!("sns:{id}"))
-            .unwrap_or_else(|| format!("sqs:{}:{}", self.queue.name(), m.message_id().unwrap_or_default()));
+            .unwrap_or_else(|| {
+                format!(
+                    "sqs:{}:{}",
+                    self.queue.name(),
+                    m.message_id().unwrap_or_default()
+                )
+            });
         let group = system_attr(m, MessageSystemAttributeName::MessageGroupId);
         let mut events = decoded.events;
         for (i, inc) in events.iter_mut().enumerate() {
@@ -290,13 +347,25 @@ impl SqsSource {
         Ok(events)
     }
 
-    fn dead_letter(&self, m: &Message, reason: &str, error: &str, details: &[Problem], events: &[Event]) -> Event {
+    fn dead_letter(
+        &self,
+        m: &Message,
+        reason: &str,
+        error: &str,
+        details: &[Problem],
+        events: &[Event],
+    ) -> Event {
         let id = m.message_id().unwrap_or_default();
         let attributes: BTreeMap<String, Value> = m
             .message_attributes()
             .into_iter()
             .flatten()
-            .map(|(k, v)| (k.clone(), json!({"type": v.data_type(), "value": v.string_value()})))
+            .map(|(k, v)| {
+                (
+                    k.clone(),
+                    json!({"type": v.data_type(), "value": v.string_value()}),
+                )
+            })
             .collect();
         let receives = system_attr(m, MessageSystemAttributeName::ApproximateReceiveCount);
         let data = json!({
@@ -313,7 +382,12 @@ impl SqsSource {
             "events": if events.len() > 1 { json!(events) } else { Value::Null },
         });
         Event {
-            id: derive_id(&format!("sqs:{}:{id}", self.queue.name()), "dead-letter", usize::MAX, 0),
+            id: derive_id(
+                &format!("sqs:{}:{id}", self.queue.name()),
+                "dead-letter",
+                usize::MAX,
+                0,
+            ),
             event_type: DEAD_LETTER_TYPE.into(),
             version: "1".into(),
             source: "urn:switchyard:router".into(),
@@ -339,10 +413,19 @@ impl SqsSource {
                         .ok()
                 })
                 .collect();
-            let sent = self.queue.client().delete_message_batch().queue_url(url).set_entries(Some(entries)).send().await;
+            let sent = self
+                .queue
+                .client()
+                .delete_message_batch()
+                .queue_url(url)
+                .set_entries(Some(entries))
+                .send()
+                .await;
             match sent {
                 Ok(out) => {
-                    self.stats.deleted.fetch_add(out.successful().len() as u64, Ordering::Relaxed);
+                    self.stats
+                        .deleted
+                        .fetch_add(out.successful().len() as u64, Ordering::Relaxed);
                     for f in out.failed() {
                         // Written already: a redelivery appends the same ids again.
                         tracing::warn!(source = %self.name, code = f.code(), error = f.message().unwrap_or_default(), "message not deleted; it will be delivered again");
@@ -370,7 +453,10 @@ impl KeepInvisible {
         let client = source.queue.client().clone();
         let (url, name) = (url.to_string(), source.name.clone());
         let timeout = source.cfg.visibility_timeout_s;
-        let handles: Vec<String> = msgs.iter().filter_map(|m| m.receipt_handle().map(str::to_string)).collect();
+        let handles: Vec<String> = msgs
+            .iter()
+            .filter_map(|m| m.receipt_handle().map(str::to_string))
+            .collect();
         Self(tokio::spawn(async move {
             let period = Duration::from_secs(u64::from(timeout)) / 2;
             loop {
@@ -387,9 +473,16 @@ impl KeepInvisible {
                             .ok()
                     })
                     .collect();
-                let r = client.change_message_visibility_batch().queue_url(&url).set_entries(Some(entries)).send().await;
+                let r = client
+                    .change_message_visibility_batch()
+                    .queue_url(&url)
+                    .set_entries(Some(entries))
+                    .send()
+                    .await;
                 match r {
-                    Ok(_) => tracing::debug!(source = %name, messages = handles.len(), "visibility extended"),
+                    Ok(_) => {
+                        tracing::debug!(source = %name, messages = handles.len(), "visibility extended")
+                    }
                     Err(e) => {
                         let e = AwsError::from_sdk("ChangeMessageVisibilityBatch", &e);
                         tracing::warn!(source = %name, error = %e, "cannot extend visibility");

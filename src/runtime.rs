@@ -22,6 +22,8 @@ pub enum StartError {
     Schema(#[from] SchemaError),
     #[error(transparent)]
     Plugin(#[from] LoadError),
+    #[error("aws: {0}")]
+    Aws(#[from] crate::transport::aws::AwsError),
 }
 
 /// Everything a running router shares.
@@ -51,7 +53,7 @@ impl Runtime {
             key_rules: config.key_rules(),
         };
         let aws = if config.uses_aws() {
-            Some(Arc::new(crate::transport::aws::Aws::new(&config).await))
+            Some(Arc::new(crate::transport::aws::Aws::new(&config).await?))
         } else {
             None
         };

@@ -105,6 +105,9 @@ fn setup_refuses_configs_without_aws_and_names_bad_keys() {
             .args(["aws", "setup", "--config"])
             .arg(&cfg)
             .env("AWS_EC2_METADATA_DISABLED", "true")
+            .env("AWS_CONFIG_FILE", "/nonexistent")
+            .env_remove("AWS_REGION")
+            .env_remove("AWS_DEFAULT_REGION")
             .output()
             .unwrap();
         assert!(!out.status.success());
@@ -129,6 +132,12 @@ fn setup_refuses_configs_without_aws_and_names_bad_keys() {
         err.contains(&format!(
             "c.toml:{line}: sinks.sns.out.queue: an sns sink takes `topic`, not `queue`"
         )),
+        "{err}"
+    );
+    // No region anywhere: refused up front, not at the first call.
+    let err = run(&aws_local());
+    assert!(
+        err.contains("no AWS region: set aws.region in the config, or AWS_REGION"),
         "{err}"
     );
 }

@@ -18,8 +18,9 @@ const SDK_ATTEMPTS: u32 = 3;
 
 /// Loads region and credentials through the standard chain (environment,
 /// profile, web identity, container and instance roles) with the config's
-/// overrides. `AWS_ENDPOINT_URL` is honoured by the chain itself.
-pub async fn sdk_config(cfg: &AwsConfig) -> aws_config::SdkConfig {
+/// overrides. `AWS_ENDPOINT_URL` is honoured by the chain itself. Without a
+/// region no call can work, so that is refused here, at start-up.
+pub async fn sdk_config(cfg: &AwsConfig) -> Result<aws_config::SdkConfig, AwsError> {
     let mut loader = aws_config::defaults(BehaviorVersion::latest())
         .retry_config(
             RetryConfig::standard()
@@ -39,7 +40,17 @@ pub async fn sdk_config(cfg: &AwsConfig) -> aws_config::SdkConfig {
     if let Some(url) = &cfg.endpoint_url {
         loader = loader.endpoint_url(url.get_ref().clone());
     }
-    loader.load().await
+    let sdk = loader.load().await;
+    if sdk.region().is_none() {
+        let msg = "no AWS region: set aws.region in the config, or AWS_REGION".to_string();
+        return Err(AwsError::new(
+            FailureKind::Denied,
+            "configuration",
+            "NoRegion",
+            msg,
+        ));
+    }
+    Ok(sdk)
 }
 
 /// What a failed AWS call means for the message it carried.

@@ -84,8 +84,8 @@ impl Aws {
     /// Builds clients and the configured sinks and sources. Nothing is called
     /// yet: topics and queues are resolved on first use, so a router starts
     /// (and accepts events into its outbox) while AWS is unreachable.
-    pub async fn new(cfg: &Config) -> Self {
-        let sdk = client::sdk_config(&cfg.aws).await;
+    pub async fn new(cfg: &Config) -> Result<Self, AwsError> {
+        let sdk = client::sdk_config(&cfg.aws).await?;
         let sns = aws_sdk_sns::Client::new(&sdk);
         let sqs = aws_sdk_sqs::Client::new(&sdk);
         let mut sinks = Vec::new();
@@ -103,7 +103,7 @@ impl Aws {
             .iter()
             .map(|(name, s)| Arc::new(SqsSource::new(name, sqs.clone(), s, cfg)))
             .collect();
-        Self { sinks, sources }
+        Ok(Self { sinks, sources })
     }
 
     /// Starts every sink's outbox loop and every source's receive loops.

@@ -145,9 +145,19 @@ impl Outbox {
             .collect();
         let items: Vec<(&str, &Event)> = todo.iter().map(|r| (topic, &r.event)).collect();
         let report = sink.deliver(&items, Mode::Outbox, Some(shutdown)).await?;
+        // Records of the dead-letter topic itself are never dead-lettered
+        // again (they are there already, and a bigger copy could loop).
+        let dlq_itself = topic == self.dead_letter_topic;
         let dead: Vec<(String, Event)> = report
             .refused
             .iter()
+            .filter(|(i, refusal)| {
+                if dlq_itself {
+                    let r = todo[*i];
+                    tracing::error!(sink = %sink.name, offset = r.offset, reason = refusal.reason, error = %refusal.error, "dead-letter record not forwarded; it stays on the dead-letter topic");
+                }
+                !dlq_itself
+            })
             .map(|(i, refusal)| {
                 let r = todo[*i];
                 tracing::warn!(sink = %sink.name, topic, offset = r.offset, event = %r.event.id, reason = refusal.reason, error = %refusal.error, "output dead-lettered by sink");

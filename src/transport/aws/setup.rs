@@ -40,7 +40,7 @@ struct QueueSpec {
 
 /// Creates everything `cfg` names; returns one line per resource.
 pub async fn setup(cfg: &Config) -> Result<Vec<String>, SetupError> {
-    let sdk = sdk_config(&cfg.aws).await;
+    let sdk = sdk_config(&cfg.aws).await.map_err(at("configuration"))?;
     let sns = aws_sdk_sns::Client::new(&sdk);
     let sqs = aws_sdk_sqs::Client::new(&sdk);
     let mut report = Vec::new();

@@ -206,9 +206,23 @@ fn sqs_source_through_plugins_to_sns_with_envelopes_and_raw_messages() {
         ],
     );
 
+    // 5. A binary-mode CloudEvent sent raw, with String, Number and Binary attributes.
+    let data = hmpps("probation-case.engagement.created", "E5555EE", "-", t);
+    aws.send_typed(
+        "switchyard-ingest",
+        &data.to_string(),
+        &[
+            ("ce-specversion", "String", "1.0"),
+            ("ce-id", "Binary", "ce-typed"),
+            ("ce-source", "String", "urn:probation"),
+            ("ce-type", "String", "probation-case.engagement.created"),
+            ("ce-dataversion", "Number", "3"),
+        ],
+    );
+
     // Each input gives one fan-out output; the two prisoner events one state each.
-    let out = aws.receive_n("consumer", 6);
-    assert_eq!(out.len(), 6, "{out:?}");
+    let out = aws.receive_n("consumer", 7);
+    assert_eq!(out.len(), 7, "{out:?}");
     let by_type = |ty: &str| -> Vec<Value> {
         out.iter()
             .filter(|m| m.attributes["eventType"] == ty)
@@ -231,7 +245,7 @@ fn sqs_source_through_plugins_to_sns_with_envelopes_and_raw_messages() {
         "B2222BB"
     );
     let engagements = by_type("probation-case.engagement.created");
-    assert_eq!(engagements.len(), 2);
+    assert_eq!(engagements.len(), 3);
     let binary = engagements
         .iter()
         .find(|e| e["data"]["identifiers"]["NOMS"] == "D4444DD")
@@ -250,7 +264,7 @@ fn sqs_source_through_plugins_to_sns_with_envelopes_and_raw_messages() {
     );
 
     // The ingest topic shows how each arrived: ids, sources and keys.
-    let events = router.wait_for("events", 4);
+    let events = router.wait_for("events", 5);
     let find = |noms: &str| {
         events
             .iter()
@@ -266,6 +280,8 @@ fn sqs_source_through_plugins_to_sns_with_envelopes_and_raw_messages() {
     assert_eq!(find("C3333CC")["id"], "ce-structured");
     assert_eq!(find("D4444DD")["id"], "ce-binary");
     assert_eq!(find("D4444DD")["source"], "urn:probation");
+    assert_eq!(find("E5555EE")["id"], "ce-typed");
+    assert_eq!(find("E5555EE")["dataversion"], "3");
 
     // Every message was deleted after it was durable; none was redriven.
     wait_until("the ingest queue drains", || {
@@ -273,8 +289,8 @@ fn sqs_source_through_plugins_to_sns_with_envelopes_and_raw_messages() {
     });
     assert_eq!(aws.depth("switchyard-ingest-dlq"), 0);
     let (_, sources) = router.get("/v1/sources");
-    assert_eq!(sources["sources"][0]["accepted"], 4, "{sources}");
-    assert_eq!(sources["sources"][0]["deleted"], 4, "{sources}");
+    assert_eq!(sources["sources"][0]["accepted"], 5, "{sources}");
+    assert_eq!(sources["sources"][0]["deleted"], 5, "{sources}");
 }
 
 #[test]

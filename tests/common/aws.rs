@@ -146,7 +146,7 @@ impl Drop for Emulator {
 #[derive(Debug, Clone)]
 pub struct Received {
     pub body: String,
-    /// String/Number attributes as text, Binary ones as base64-free bytes in text form.
+    /// Attribute values as text (Binary ones decoded as UTF-8).
     pub attributes: HashMap<String, String>,
     pub group: Option<String>,
 }
@@ -240,6 +240,27 @@ impl Aws {
         }
         if let Some((group, dedup)) = fifo {
             req = req.message_group_id(group).message_deduplication_id(dedup);
+        }
+        self.block(req.send())
+            .unwrap_or_else(|e| panic!("send to {queue}: {e:?}"));
+    }
+
+    /// Sends one message with typed attributes: `(name, type, value)`, the
+    /// value of a `Binary` attribute given as text.
+    pub fn send_typed(&self, queue: &str, body: &str, attrs: &[(&str, &str, &str)]) {
+        let mut req = self
+            .sqs
+            .send_message()
+            .queue_url(self.queue_url(queue))
+            .message_body(body);
+        for (k, ty, v) in attrs {
+            let value = MessageAttributeValue::builder().data_type(*ty);
+            let value = if ty.starts_with("Binary") {
+                value.binary_value(aws_sdk_sqs::primitives::Blob::new(v.as_bytes()))
+            } else {
+                value.string_value(*v)
+            };
+            req = req.message_attributes(*k, value.build().unwrap());
         }
         self.block(req.send())
             .unwrap_or_else(|e| panic!("send to {queue}: {e:?}"));

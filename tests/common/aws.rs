@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use aws_sdk_sqs::types::{MessageAttributeValue, MessageSystemAttributeName, QueueAttributeName};
 
-use crate::common::{DEADLINE, root};
+use crate::common::{DEADLINE, Router, root};
 
 /// Region the tests and the router use; any region works with the emulator.
 pub const REGION: &str = "eu-west-2";
@@ -107,13 +107,7 @@ impl Emulator {
     /// Environment for a `switchyard` process talking to this emulator
     /// through the standard chain.
     pub fn env(&self, cmd: &mut Command) {
-        cmd.env("AWS_ENDPOINT_URL", &self.url)
-            .env("AWS_REGION", REGION)
-            .env("AWS_ACCESS_KEY_ID", "test")
-            .env("AWS_SECRET_ACCESS_KEY", "test")
-            .env("AWS_EC2_METADATA_DISABLED", "true")
-            .env("AWS_CONFIG_FILE", "/nonexistent")
-            .env("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent");
+        aws_env(cmd, &self.url);
     }
 
     /// Runs `switchyard aws setup --config FILE`; returns its output.
@@ -140,6 +134,82 @@ impl Drop for Emulator {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// A TCP relay on 127.0.0.1 in front of the emulator: what the router sees
+/// as "the broker". Cutting it makes the broker unreachable for the router
+/// while the test restarts the emulator and re-creates its resources, so
+/// the router cannot publish into a half-rebuilt broker (a topic with no
+/// subscription yet drops messages, as real SNS does).
+pub struct Relay {
+    pub url: String,
+    target: std::sync::Arc<std::sync::Mutex<Option<u16>>>,
+    live: std::sync::Arc<std::sync::Mutex<Vec<std::net::TcpStream>>>,
+}
+
+impl Relay {
+    pub fn to(emu: &Emulator) -> Relay {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind relay");
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let target = std::sync::Arc::new(std::sync::Mutex::new(Some(emu.port)));
+        let live = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (t, l) = (target.clone(), live.clone());
+        std::thread::spawn(move || {
+            for client in listener.incoming().map_while(Result::ok) {
+                let Some(port) = *t.lock().unwrap() else {
+                    drop(client); // refused: connection closed at once
+                    continue;
+                };
+                let Ok(server) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+                    continue;
+                };
+                let mut conns = l.lock().unwrap();
+                for s in [&client, &server] {
+                    if let Ok(c) = s.try_clone() {
+                        conns.push(c);
+                    }
+                }
+                pipe(client.try_clone().unwrap(), server.try_clone().unwrap());
+                pipe(server, client);
+            }
+        });
+        Relay { url, target, live }
+    }
+
+    /// The broker becomes unreachable: open connections are cut, new ones closed.
+    pub fn cut(&self) {
+        *self.target.lock().unwrap() = None;
+        for c in self.live.lock().unwrap().drain(..) {
+            let _ = c.shutdown(std::net::Shutdown::Both);
+        }
+    }
+
+    /// The broker is reachable again, at `emu`.
+    pub fn restore(&self, emu: &Emulator) {
+        *self.target.lock().unwrap() = Some(emu.port);
+    }
+
+    /// Environment for a `switchyard` process reaching the emulator through this relay.
+    pub fn env(&self, cmd: &mut Command) {
+        aws_env(cmd, &self.url);
+    }
+}
+
+fn pipe(mut from: std::net::TcpStream, mut to: std::net::TcpStream) {
+    std::thread::spawn(move || {
+        let _ = std::io::copy(&mut from, &mut to);
+        let _ = to.shutdown(std::net::Shutdown::Write);
+    });
+}
+
+fn aws_env(cmd: &mut Command, endpoint: &str) {
+    cmd.env("AWS_ENDPOINT_URL", endpoint)
+        .env("AWS_REGION", REGION)
+        .env("AWS_ACCESS_KEY_ID", "test")
+        .env("AWS_SECRET_ACCESS_KEY", "test")
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .env("AWS_CONFIG_FILE", "/nonexistent")
+        .env("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent");
 }
 
 /// A message received by a test.
@@ -372,5 +442,26 @@ impl Aws {
         };
         n(QueueAttributeName::ApproximateNumberOfMessages)
             + n(QueueAttributeName::ApproximateNumberOfMessagesNotVisible)
+    }
+}
+
+/// Polls `GET path` on the router until `cond` holds; returns that answer.
+/// (Counters move just after the broker answered, so they are waited on.)
+pub fn wait_get(
+    router: &Router,
+    path: &str,
+    cond: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let start = Instant::now();
+    loop {
+        let (_, body) = router.get(path);
+        if cond(&body) {
+            return body;
+        }
+        assert!(
+            start.elapsed() < DEADLINE,
+            "GET {path} never met the condition: {body}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
     }
 }

@@ -8,6 +8,8 @@
 //! are legal. Instantiating plugins and compiling schemas is the caller's next
 //! step (`switchyard validate` does both).
 
+mod aws;
+
 use std::collections::BTreeMap;
 use std::fmt;
 use std::net::SocketAddr;
@@ -17,6 +19,11 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use crate::envelope::KeyRule;
+
+pub use aws::{
+    AwsConfig, Delivery, MAX_BATCH_ENTRIES, MessageFormat, SinkConfig, SinksConfig, SourcesConfig,
+    SqsSourceConfig, SubscriptionConfig, check_resource_name, queue_name,
+};
 
 /// Default body limit for one ingest request: large enough for a batch of a
 /// few hundred HMPPS events, small enough that one client cannot exhaust memory.
@@ -75,6 +82,15 @@ pub struct Config {
     /// Routes, tried in order; every matching route runs.
     #[serde(default)]
     pub routes: Vec<RouteConfig>,
+    /// How to reach AWS, when sources or sinks use it.
+    #[serde(default)]
+    pub aws: AwsConfig,
+    /// Sources besides HTTP ingest (SQS queues).
+    #[serde(default)]
+    pub sources: SourcesConfig,
+    /// External sinks the log's topics are forwarded to (SNS, SQS).
+    #[serde(default)]
+    pub sinks: SinksConfig,
     /// The file this was read from (absolute), for error messages and reload.
     #[serde(skip)]
     pub file: PathBuf,
@@ -244,6 +260,10 @@ pub struct RouteConfig {
     pub patterns: Vec<Spanned<String>>,
     /// Plugin names, run in order; each stage's outputs feed the next.
     pub pipeline: Vec<Spanned<String>>,
+    /// `outbox` (default): answered once durable, forwarded by the sinks;
+    /// `direct`: answered once the sinks' brokers accepted the outputs.
+    #[serde(default)]
+    pub delivery: Delivery,
 }
 
 impl Config {
@@ -428,7 +448,14 @@ impl Config {
                 }
             }
         }
+        aws::validate(self, at)?;
+        aws::validate_routes(self, at)?;
         Ok(())
+    }
+
+    /// Whether anything in the file uses AWS (sources, sinks).
+    pub fn uses_aws(&self) -> bool {
+        !self.sources.sqs.is_empty() || !self.sinks.sns.is_empty() || !self.sinks.sqs.is_empty()
     }
 
     /// The ingest key rules, parsed (validated at load).

@@ -11,7 +11,7 @@
 //! * [`plugin`] — the wasmtime host (the only module that knows wasmtime).
 //! * [`reload`] — hot reload: file watcher, verify-then-swap, projection rebuilds.
 //! * [`store`] — the embedded durable log, cursors and plugin state, on `redb`.
-//! * [`transport`] — sources and sinks: HTTP ingest today.
+//! * [`transport`] — sources and sinks: HTTP ingest, SQS sources, SNS/SQS sinks (outbox and direct).
 //! * [`admin`] — read API (topics, events, live stream) and health.
 //! * [`runtime`] / [`server`] — putting the parts together and running them.
 

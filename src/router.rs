@@ -22,6 +22,9 @@ pub struct Route {
     pub name: String,
     pub patterns: Vec<String>,
     pub stages: Vec<Stage>,
+    /// Direct delivery: the route runs inside the ingest request (see
+    /// `transport::ingest`), so the pipeline consumer skips it.
+    pub direct: bool,
 }
 
 impl Route {
@@ -104,6 +107,7 @@ mod tests {
             name: name.into(),
             patterns: patterns.iter().map(|s| s.to_string()).collect(),
             stages: vec![],
+            direct: false,
         }
     }
 

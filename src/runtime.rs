@@ -29,6 +29,8 @@ pub enum StartError {
     Schema(#[from] SchemaError),
     #[error(transparent)]
     Plugin(#[from] LoadError),
+    #[error("aws: {0}")]
+    Aws(#[from] crate::transport::aws::AwsError),
 }
 
 /// Everything a running router shares.
@@ -45,6 +47,8 @@ pub struct Runtime {
     pub plugins: RwLock<BTreeMap<String, Stage>>,
     pub host: PluginHost,
     pub ingest: IngestDefaults,
+    /// SQS sources and SNS/SQS sinks, when the config has any.
+    pub aws: Option<Arc<crate::transport::aws::Aws>>,
     /// Reload outcomes and rebuild progress, per plugin.
     pub statuses: Statuses,
     /// Held by the pipeline while it processes and commits a batch; a
@@ -93,6 +97,11 @@ impl Runtime {
             source: config.ingest.source.clone(),
             key_rules: config.key_rules(),
         };
+        let aws = if config.uses_aws() {
+            Some(Arc::new(crate::transport::aws::Aws::new(&config).await?))
+        } else {
+            None
+        };
         let statuses = Statuses::default();
         for (name, stage) in &plugins {
             statuses.loaded(name, &stage.plugin);
@@ -107,6 +116,7 @@ impl Runtime {
             plugins: RwLock::new(plugins),
             host,
             ingest,
+            aws,
             statuses,
             gate: Arc::new(tokio::sync::Mutex::new(())),
             swap_lock: Mutex::new(()),
@@ -178,6 +188,7 @@ pub fn build_routes(config: &Config, stages: &BTreeMap<String, Stage>) -> RouteT
                 .iter()
                 .filter_map(|s| stages.get(s.get_ref()).cloned())
                 .collect(),
+            direct: r.delivery == crate::config::Delivery::Direct,
         })
         .collect();
     RouteTable::new(routes)

@@ -1,9 +1,11 @@
-//! Runs a router: the HTTP listener and the pipeline, until shutdown.
+//! Runs a router: the HTTP listener, the pipeline, and the SQS sources and
+//! sink outboxes when configured, until shutdown.
 //!
 //! Shutdown (mini-redis style): one `watch` signal reaches every task; the
 //! listener stops accepting and finishes in-flight requests, the pipeline
-//! finishes and commits its batch in progress, and then the store's writer
-//! drains its queue and stops.
+//! finishes and commits its batch in progress, the SQS sources finish the
+//! batch in hand and the sinks abandon (unacknowledged) the delivery in
+//! progress, and then the store's writer drains its queue and stops.
 
 use std::sync::Arc;
 
@@ -15,7 +17,9 @@ use crate::runtime::Runtime;
 
 /// The whole HTTP surface of a router.
 pub fn app(rt: Arc<Runtime>) -> axum::Router {
-    crate::transport::http::routes(rt.clone()).merge(crate::admin::routes(rt))
+    crate::transport::http::routes(rt.clone())
+        .merge(crate::transport::aws::routes(rt.clone()))
+        .merge(crate::admin::routes(rt))
 }
 
 /// Serves `rt` on `listener` until `shutdown` becomes true.
@@ -34,6 +38,8 @@ pub async fn serve(
     let reload = crate::reload::start(rt.clone(), rt.config.reload.watch);
     let _ = rt.reload.set(reload);
     let consumer = tokio::spawn(pipeline.run(shutdown.clone()));
+    // SQS sources and the sinks' outbox loops.
+    let mut aws_tasks = rt.aws.as_ref().map(|aws| aws.spawn(&rt, &shutdown));
     let mut http_stop = shutdown.clone();
     let stopping = rt.stopping.clone();
     let served = axum::serve(listener, app(rt.clone()))
@@ -44,6 +50,13 @@ pub async fn serve(
         .await;
     if let Err(e) = consumer.await {
         tracing::error!(error = %e, "pipeline task ended abnormally");
+    }
+    if let Some(tasks) = aws_tasks.as_mut() {
+        while let Some(done) = tasks.join_next().await {
+            if let Err(e) = done {
+                tracing::error!(error = %e, "aws task ended abnormally");
+            }
+        }
     }
     rt.store.close();
     tracing::info!("router stopped");

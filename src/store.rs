@@ -68,7 +68,7 @@ pub struct Record {
 }
 
 /// Everything one caller wants written atomically.
-#[derive(Debug, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct WriteBatch {
     /// Events to append, in order.
     pub appends: Vec<(String, Event)>,
@@ -109,6 +109,9 @@ struct Inner {
     jobs: Mutex<Option<mpsc::Sender<Job>>>,
     /// topic → its length, published after each commit (live readers wait on it).
     watchers: Mutex<HashMap<String, watch::Sender<u64>>>,
+    /// Counts commits that appended anything: consumers of many topics (the
+    /// sinks) wait on it, since a plugin may create a topic at any time.
+    appended: watch::Sender<u64>,
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
@@ -139,6 +142,7 @@ impl Store {
             path,
             jobs: Mutex::new(Some(tx)),
             watchers: Mutex::new(HashMap::new()),
+            appended: watch::channel(0).0,
             writer: Mutex::new(None),
         });
         let weak = Arc::downgrade(&inner);
@@ -284,6 +288,11 @@ impl Store {
         rx
     }
 
+    /// Changes after every commit that appended to any topic.
+    pub fn watch_appends(&self) -> watch::Receiver<u64> {
+        self.inner.appended.subscribe()
+    }
+
     /// Stops the writer after the queued writes are committed. Later writes
     /// fail with [`StoreError::Closed`].
     pub fn close(&self) {
@@ -313,6 +322,9 @@ fn writer_loop(db: &Database, rx: mpsc::Receiver<Job>, inner: std::sync::Weak<In
                     let _ = job.reply.send(Ok(offs));
                 }
                 if let Some(inner) = inner.upgrade() {
+                    if !lengths.is_empty() {
+                        inner.appended.send_modify(|n| *n += 1);
+                    }
                     let map = lock(&inner.watchers);
                     for (topic, len) in lengths {
                         if let Some(tx) = map.get(&topic) {

@@ -1,4 +1,4 @@
-//! `switchyard run | validate | replay | plugin build`.
+//! `switchyard run | validate | replay | plugin build | aws setup`.
 
 mod plugin_build;
 mod replay;
@@ -78,6 +78,21 @@ enum Command {
         #[command(subcommand)]
         command: PluginCommand,
     },
+    /// AWS resources for local work and tests.
+    Aws {
+        #[command(subcommand)]
+        command: AwsCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum AwsCommand {
+    /// Create (idempotently) the queues, topics, subscriptions and
+    /// dead-letter queues the config names. Honours AWS_ENDPOINT_URL.
+    Setup {
+        #[arg(long, default_value = "config/switchyard.toml")]
+        config: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -139,6 +154,9 @@ fn run(command: Command) -> Result<()> {
         Command::Plugin {
             command: PluginCommand::Build { dir, out },
         } => plugin_build::build(&dir, out.as_deref()).map(|_| ()),
+        Command::Aws {
+            command: AwsCommand::Setup { config },
+        } => rt.block_on(aws_setup(&config)),
     }
 }
 
@@ -190,6 +208,20 @@ async fn wait_for_signal() {
     {
         let _ = ctrl_c.await;
     }
+}
+
+async fn aws_setup(config: &Path) -> Result<()> {
+    let cfg = Config::load(config)?;
+    if !cfg.uses_aws() && cfg.aws.subscriptions.is_empty() {
+        anyhow::bail!(
+            "{}: names no sqs source, sink or subscription; nothing to set up",
+            cfg.file.display()
+        );
+    }
+    for line in switchyard::transport::aws::setup(&cfg).await? {
+        println!("{line}");
+    }
+    Ok(())
 }
 
 async fn validate(config: &Path) -> Result<()> {

@@ -21,7 +21,7 @@ use tokio::task::JoinSet;
 
 pub use kv::{BatchKv, UnitKv};
 pub(crate) use stage::call_with_retries;
-pub use stage::{DEAD_LETTER_TYPE, StageFailure, StagePolicy, dead_letter, derive_id};
+pub use stage::{DEAD_LETTER_TYPE, StageFailure, StagePolicy, dead_letter, derive_id, run_route};
 
 use crate::config::RouterConfig;
 use crate::event::Event;
@@ -71,11 +71,7 @@ impl Pipeline {
             dead_letter_topic: cfg.dead_letter_topic.clone(),
             batch_size: cfg.batch_size,
             workers: cfg.workers,
-            policy: StagePolicy {
-                max_attempts: cfg.max_attempts,
-                retry_backoff: Duration::from_millis(cfg.retry_backoff_ms),
-                reserved_topics: vec![input.to_string(), cfg.dead_letter_topic.clone()],
-            },
+            policy: StagePolicy::new(input, cfg),
         }
     }
 
@@ -213,6 +209,10 @@ async fn handle_event(
     let mut routed = false;
     for route in routes.matching(&ev.event_type) {
         routed = true;
+        if route.direct {
+            // Ran inside the ingest request; its outputs are already in the log.
+            continue;
+        }
         let unit = UnitKv::new(kv.clone());
         match stage::run_route(route, ev, &unit, policy).await {
             Ok(outs) => {

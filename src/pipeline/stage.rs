@@ -28,6 +28,17 @@ pub struct StagePolicy {
     pub reserved_topics: Vec<String>,
 }
 
+impl StagePolicy {
+    /// The policy of the router config, for routes reading `input`.
+    pub fn new(input: &str, cfg: &crate::config::RouterConfig) -> Self {
+        Self {
+            max_attempts: cfg.max_attempts,
+            retry_backoff: Duration::from_millis(cfg.retry_backoff_ms),
+            reserved_topics: vec![input.to_string(), cfg.dead_letter_topic.clone()],
+        }
+    }
+}
+
 /// Why a route failed for an event: what goes on the dead-letter record.
 #[derive(Debug, Clone)]
 pub struct StageFailure {

@@ -47,6 +47,8 @@ pub(crate) struct State {
     pub host_fault: Option<String>,
     /// Set when the plugin used a capability it was not granted.
     pub denied: Option<String>,
+    /// When the call in progress must be interrupted.
+    pub deadline: Option<std::time::Instant>,
 }
 
 impl State {
@@ -60,6 +62,7 @@ impl State {
             kv: None,
             host_fault: None,
             denied: None,
+            deadline: None,
         }
     }
 

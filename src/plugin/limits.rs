@@ -7,9 +7,10 @@ use std::time::Duration;
 
 use wasmtime::{Config, Engine, StoreLimits, StoreLimitsBuilder};
 
-/// How often the epoch advances. A call's deadline is rounded up to a whole
-/// number of ticks, so this is the resolution of `timeout_ms`; 10 ms costs no
-/// measurable time per call and keeps a runaway plugin's overshoot small.
+/// How often the epoch advances: at each tick a running call yields to the
+/// async runtime and its deadline is checked, so this is both the longest
+/// stretch a plugin holds a worker thread and the resolution of `timeout_ms`.
+/// 10 ms costs no measurable time per call.
 pub const EPOCH_TICK: Duration = Duration::from_millis(10);
 
 /// Table elements per instance: generous for real guests (function tables of
@@ -32,12 +33,6 @@ pub struct Limits {
 }
 
 impl Limits {
-    /// Epoch ticks that make up `timeout` (at least one).
-    pub fn deadline_ticks(&self) -> u64 {
-        let tick = EPOCH_TICK.as_millis().max(1);
-        (self.timeout.as_millis().div_ceil(tick) as u64).max(1)
-    }
-
     pub(crate) fn store_limits(&self) -> StoreLimits {
         StoreLimitsBuilder::new()
             .memory_size(self.memory_bytes)

@@ -13,12 +13,12 @@ mod limits;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 use tokio::sync::Semaphore;
-use wasmtime::Store;
 use wasmtime::component::Component;
+use wasmtime::{Store, UpdateDeadline};
 
 pub use cache::CompileCache;
 pub use host::KvAccess;
@@ -323,8 +323,17 @@ impl Plugin {
         );
         let mut store = Store::new(self.pre.engine(), state);
         store.limiter(|s| &mut s.limits);
-        store.epoch_deadline_trap();
-        store.set_epoch_deadline(self.spec.limits.deadline_ticks());
+        // At every epoch tick a running call yields to the async runtime (so
+        // a long call never holds a worker thread), and past its deadline it
+        // is interrupted.
+        store.epoch_deadline_callback(|ctx| {
+            Ok(match ctx.data().deadline {
+                Some(d) if Instant::now() >= d => UpdateDeadline::Interrupt,
+                _ => UpdateDeadline::Yield(1),
+            })
+        });
+        store.data_mut().deadline = Some(Instant::now() + self.spec.limits.timeout);
+        store.set_epoch_deadline(1);
         let inst_err = |e: wasmtime::Error| LoadError::Instantiate {
             name: self.name.to_string(),
             reason: format!("{e:#}"),
@@ -334,7 +343,8 @@ impl Plugin {
             .instantiate_async(&mut store)
             .await
             .map_err(inst_err)?;
-        store.set_epoch_deadline(self.spec.limits.deadline_ticks());
+        store.data_mut().deadline = Some(Instant::now() + self.spec.limits.timeout);
+        store.set_epoch_deadline(1);
         proc.call_init(&mut store, &self.spec.config_json)
             .await
             .map_err(inst_err)?
@@ -391,8 +401,8 @@ impl Plugin {
         state.kv = kv;
         state.host_fault = None;
         state.denied = None;
-        inst.store
-            .set_epoch_deadline(self.spec.limits.deadline_ticks());
+        state.deadline = Some(Instant::now() + self.spec.limits.timeout);
+        inst.store.set_epoch_deadline(1);
         let result = inst.proc.call_handle(&mut inst.store, &to_wit(ev)).await;
         inst.store.data_mut().kv = None;
         match result {

@@ -414,12 +414,17 @@ impl Controller {
             }
         }
         let mut note = Vec::new();
-        if new.server != self.rt.config.server
-            || new.ingest != self.rt.config.ingest
-            || new.router != self.rt.config.router
+        let started = &self.rt.config;
+        if new.server != started.server
+            || new.ingest != started.ingest
+            || new.router != started.router
+            || new.aws != started.aws
+            || new.sources != started.sources
+            || new.sinks != started.sinks
         {
             note.push(
-                "changes to [server], [ingest] or [router] take effect after a restart".to_string(),
+                "changes to [server], [ingest], [router], [aws], [sources] or [sinks] take effect after a restart"
+                    .to_string(),
             );
         }
         {

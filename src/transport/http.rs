@@ -3,7 +3,9 @@
 //! Answers `202` only after every event of the request is durable; `400` with
 //! the field and reason for anything malformed or invalid, `415` for a content
 //! type it does not understand, `413` above the body limit, `422` for an event
-//! type no route takes, and `503` with details when the store cannot write.
+//! type no route takes or that a direct-delivery route's plugin refuses, and
+//! `503` with details when the store cannot write or (direct delivery) the
+//! broker did not accept the outputs.
 
 use std::sync::Arc;
 
@@ -67,7 +69,11 @@ async fn post_events(
             let topic = &rt.config.ingest.topic;
             let answer = match (batch, accepted.first()) {
                 (false, Some(a)) => {
-                    json!({ "id": a.id, "type": a.event_type, "offset": a.offset, "topic": topic })
+                    let mut one = json!({ "id": a.id, "type": a.event_type, "offset": a.offset, "topic": topic });
+                    if !a.published.is_empty() {
+                        one["published"] = json!(a.published);
+                    }
+                    one
                 }
                 _ => json!({ "topic": topic, "accepted": accepted }),
             };
@@ -81,6 +87,21 @@ async fn post_events(
             "no route for event type",
             p,
         ),
+        Err(IngestError::Rejected(p)) => problems(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "event refused by a direct-delivery route; nothing was accepted",
+            p,
+        ),
+        Err(IngestError::Undelivered(p)) => {
+            let mut r = problems(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "event could not be published; nothing was accepted",
+                p,
+            );
+            r.headers_mut()
+                .insert("retry-after", axum::http::HeaderValue::from_static("1"));
+            r
+        }
         Err(IngestError::Unavailable(e)) => {
             tracing::error!(error = %e, "ingest could not write");
             let mut r = error(

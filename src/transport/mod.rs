@@ -1,21 +1,29 @@
 //! Sources and sinks.
 //!
-//! Every source (HTTP today; SQS and others later) decodes its envelope into
-//! [`Incoming`] events and hands them to [`ingest`], which checks them whole
-//! and appends them durably to the ingest topic. The embedded log is the sink
-//! of record: the pipeline writes its outputs there in the same transaction as
-//! its cursor, and external sinks (SNS, SQS) forward from it as outbox
-//! consumers with their own cursors.
+//! Every source (HTTP, SQS) decodes its envelope into [`Incoming`] events and
+//! hands them to [`ingest`] (or [`stage`] then [`commit`], to fold several
+//! messages into one write), which checks them whole and appends them durably
+//! to the ingest topic. The embedded log is the sink of record: the pipeline
+//! writes its outputs there in the same transaction as its cursor, and
+//! external sinks (SNS, SQS, in [`aws`]) forward from it as outbox consumers
+//! with their own cursors.
 //!
-//! **Invariant:** a source acknowledges an event only after [`ingest`] returned
-//! its offset, i.e. after the event is durable.
+//! Routes with `delivery = "direct"` run here instead, inside the request:
+//! their plugins produce the outputs, the sinks publish them, and only then
+//! are the event and its outputs appended (marked as delivered, so that the
+//! outboxes skip them). A broker that does not accept them fails the request.
+//!
+//! **Invariant:** a source acknowledges an event only after [`commit`]
+//! returned its offset, i.e. after the event is durable.
 
+pub mod aws;
 pub mod http;
 
 use serde::Serialize;
 
 use crate::envelope::Incoming;
 use crate::event::Event;
+use crate::pipeline::{BatchKv, StagePolicy, UnitKv, run_route};
 use crate::runtime::Runtime;
 use crate::store::{StoreError, WriteBatch};
 
@@ -37,6 +45,13 @@ pub enum IngestError {
     Invalid(Vec<Problem>),
     #[error("no route for event type")]
     Unrouted(Vec<Problem>),
+    /// A direct-delivery route's plugin refused the event.
+    #[error("a direct-delivery route refused the event")]
+    Rejected(Vec<Problem>),
+    /// A direct-delivery route's outputs were not accepted by the broker (or
+    /// its plugin failed transiently): try again later.
+    #[error("the outputs of a direct-delivery route were not published")]
+    Undelivered(Vec<Problem>),
     #[error("events could not be written durably: {0}")]
     Unavailable(#[from] StoreError),
 }
@@ -48,6 +63,39 @@ pub struct Accepted {
     #[serde(rename = "type")]
     pub event_type: String,
     pub offset: u64,
+    /// Outputs published by direct delivery, before the answer.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub published: Vec<Published>,
+}
+
+/// One output a direct delivery handed to a sink.
+#[derive(Debug, Clone, Serialize)]
+pub struct Published {
+    pub sink: String,
+    pub topic: String,
+    /// The output event's id (its deduplication id on FIFO destinations).
+    pub id: String,
+    /// The id the broker gave the message.
+    #[serde(rename = "messageId")]
+    pub message_id: String,
+}
+
+/// Events that passed every check (and whose direct routes delivered),
+/// ready to be appended by [`commit`].
+#[derive(Debug, Default)]
+pub struct Staged {
+    events: Vec<Event>,
+    /// Outputs of direct routes: (topic, event).
+    outputs: Vec<(String, Event)>,
+    /// Per event, what direct delivery published for it.
+    published: Vec<Vec<Published>>,
+}
+
+impl Staged {
+    /// The checked events, in order.
+    pub fn events(&self) -> &[Event] {
+        &self.events
+    }
 }
 
 /// Validates every event (schema, route), assigns ids to those without one,
@@ -57,6 +105,18 @@ pub async fn ingest(
     incoming: Vec<Incoming>,
     batch: bool,
 ) -> Result<Vec<Accepted>, IngestError> {
+    let staged = stage(rt, incoming, batch).await?;
+    let mut accepted = commit(rt, vec![staged], Vec::new()).await?;
+    Ok(accepted.pop().unwrap_or_default())
+}
+
+/// Checks every event (schema, route), assigns ids to those without one and
+/// runs their direct-delivery routes; all or none. Appends nothing.
+pub async fn stage(
+    rt: &Runtime,
+    incoming: Vec<Incoming>,
+    batch: bool,
+) -> Result<Staged, IngestError> {
     let schemas = rt.schemas();
     let routes = rt.routes();
     let index = |i: usize| batch.then_some(i);
@@ -93,25 +153,112 @@ pub async fn ingest(
             ev
         })
         .collect();
+    let mut published = vec![Vec::new(); events.len()];
+    let mut outputs = Vec::new();
+    let direct = routes.routes().iter().any(|r| r.direct);
+    if direct {
+        outputs = run_direct(rt, &routes, &events, batch).await?;
+        published = aws::publish_direct(rt, &mut outputs, events.len()).await?;
+    }
+    Ok(Staged {
+        events,
+        outputs: outputs
+            .into_iter()
+            .map(|(_, topic, ev)| (topic, ev))
+            .collect(),
+        published,
+    })
+}
+
+/// Runs the direct-delivery routes of `events`; their outputs as (event
+/// index, topic, output). Plugins of these routes keep no state (checked at
+/// config load), so the kv view is never written.
+async fn run_direct(
+    rt: &Runtime,
+    routes: &crate::router::RouteTable,
+    events: &[Event],
+    batch: bool,
+) -> Result<Vec<(usize, String, Event)>, IngestError> {
+    let policy = StagePolicy::new(&rt.config.ingest.topic, &rt.config.router);
+    let (mut outputs, mut rejected, mut transient) = (Vec::new(), Vec::new(), Vec::new());
+    for (i, ev) in events.iter().enumerate() {
+        for route in routes.matching(&ev.event_type).filter(|r| r.direct) {
+            let kv = UnitKv::new(BatchKv::new(rt.store.clone()));
+            match run_route(route, ev, &kv, &policy).await {
+                Ok(outs) => outputs.extend(outs.into_iter().map(|(t, o)| (i, t, o))),
+                Err(f) => {
+                    let problem = Problem {
+                        index: batch.then_some(i),
+                        field: format!("route:{}", route.name),
+                        reason: format!(
+                            "{} in plugin {} (version {}), stage {}: {}",
+                            f.kind, f.plugin, f.plugin_version, f.stage, f.error
+                        ),
+                    };
+                    tracing::warn!(event = %ev.id, route = %route.name, reason = %f.kind, error = %f.error, "direct route failed");
+                    if f.kind == "transient" {
+                        transient.push(problem);
+                    } else {
+                        rejected.push(problem);
+                    }
+                }
+            }
+        }
+    }
+    if !rejected.is_empty() {
+        return Err(IngestError::Rejected(rejected));
+    }
+    if !transient.is_empty() {
+        return Err(IngestError::Undelivered(transient));
+    }
+    Ok(outputs)
+}
+
+/// Appends staged events (then their direct outputs) and `dead_letters` to
+/// the log in one durable write; the accepted events per `Staged`, in order.
+pub async fn commit(
+    rt: &Runtime,
+    staged: Vec<Staged>,
+    dead_letters: Vec<Event>,
+) -> Result<Vec<Vec<Accepted>>, StoreError> {
     let topic = &rt.config.ingest.topic;
-    let summary: Vec<(String, String)> = events
-        .iter()
-        .map(|e| (e.id.clone(), e.event_type.clone()))
-        .collect();
+    let dlq = &rt.config.router.dead_letter_topic;
+    let mut appends = Vec::new();
+    let mut summaries = Vec::with_capacity(staged.len());
+    for s in &staged {
+        let summary: Vec<(String, String)> = s
+            .events
+            .iter()
+            .map(|e| (e.id.clone(), e.event_type.clone()))
+            .collect();
+        summaries.push(summary);
+        appends.extend(s.events.iter().map(|e| (topic.clone(), e.clone())));
+    }
+    for s in &staged {
+        appends.extend(s.outputs.iter().cloned());
+    }
+    appends.extend(dead_letters.into_iter().map(|d| (dlq.clone(), d)));
     let offsets = rt
         .store
         .write(WriteBatch {
-            appends: events.into_iter().map(|e| (topic.clone(), e)).collect(),
+            appends,
             ..Default::default()
         })
         .await?;
-    Ok(summary
-        .into_iter()
-        .zip(offsets)
-        .map(|((id, event_type), offset)| Accepted {
-            id,
-            event_type,
-            offset,
-        })
-        .collect())
+    let mut offsets = offsets.into_iter();
+    let mut out = Vec::with_capacity(staged.len());
+    for (s, summary) in staged.into_iter().zip(summaries) {
+        let accepted = summary
+            .into_iter()
+            .zip(s.published)
+            .map(|((id, event_type), published)| Accepted {
+                id,
+                event_type,
+                offset: offsets.next().unwrap_or_default(),
+                published,
+            })
+            .collect();
+        out.push(accepted);
+    }
+    Ok(out)
 }

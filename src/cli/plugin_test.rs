@@ -184,11 +184,12 @@ pub fn inspect(path: &Path, json: bool) -> Result<bool> {
         Some(v) => println!("  contract:     switchyard:plugin@{v} ({verdict})"),
         None => println!("  contract:     none (imports no switchyard:plugin interface)"),
     }
-    println!(
-        "  size:         {} bytes ({:.1} MiB)",
-        info.size,
-        info.size as f64 / (1024.0 * 1024.0)
-    );
+    let human = if info.size >= 1024 * 1024 {
+        format!("{:.1} MiB", info.size as f64 / (1024.0 * 1024.0))
+    } else {
+        format!("{:.1} KiB", info.size as f64 / 1024.0)
+    };
+    println!("  size:         {} bytes ({human})", info.size);
     let caps = if caps.is_empty() {
         "none".to_string()
     } else {

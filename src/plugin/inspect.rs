@@ -8,7 +8,7 @@
 
 use std::collections::BTreeSet;
 
-use wasmparser::{Encoding, KnownCustom, Parser, Payload};
+use wasmparser::{ComponentExternalKind, ComponentTypeRef, Encoding, KnownCustom, Parser, Payload};
 
 use crate::config::Capability;
 
@@ -87,6 +87,11 @@ impl ComponentInfo {
                 Payload::ComponentImportSection(reader) if depth == 0 => {
                     for import in reader {
                         let import = import.map_err(|e| InspectError::Malformed(e.to_string()))?;
+                        // Type imports (the world's `use`d records) are not
+                        // things the host provides.
+                        if matches!(import.ty, ComponentTypeRef::Type(_)) {
+                            continue;
+                        }
                         let name = import.name.name.to_string();
                         if let Some((iface, version)) = contract_interface(&name) {
                             versions.insert(version.to_string());
@@ -100,6 +105,9 @@ impl ComponentInfo {
                 Payload::ComponentExportSection(reader) if depth == 0 => {
                     for export in reader {
                         let export = export.map_err(|e| InspectError::Malformed(e.to_string()))?;
+                        if export.kind == ComponentExternalKind::Type {
+                            continue;
+                        }
                         info.exports.push(export.name.name.to_string());
                     }
                 }

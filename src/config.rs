@@ -191,6 +191,11 @@ pub struct PluginConfig {
     /// Granted host capabilities.
     #[serde(default = "default_caps")]
     pub capabilities: Vec<Capability>,
+    /// Sample cases (a case file or a directory of them, see
+    /// `plugin::samples`) a version of this plugin must pass before it
+    /// serves: `switchyard validate` runs them, and so does a reload.
+    #[serde(default)]
+    pub samples: Option<Spanned<PathBuf>>,
 }
 
 fn default_timeout() -> u64 {
@@ -273,6 +278,9 @@ impl Config {
         }
         for p in self.plugins.values_mut() {
             fix(&mut p.path);
+            if let Some(s) = p.samples.as_mut() {
+                fix(s);
+            }
         }
     }
 
@@ -340,6 +348,15 @@ impl Config {
                         "plugin file {} does not exist (build the plugins first)",
                         p.path.get_ref().display()
                     ),
+                ));
+            }
+            if let Some(samples) = &p.samples
+                && !samples.get_ref().exists()
+            {
+                return Err(at.error(
+                    Some(samples.span()),
+                    &format!("{key}.samples"),
+                    format!("{} does not exist", samples.get_ref().display()),
                 ));
             }
             for (field, value) in [

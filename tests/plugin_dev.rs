@@ -199,3 +199,35 @@ fn examples_in_every_language_pass_the_shared_samples() {
         }
     }
 }
+
+/// A plugin's `samples` in the router config are what a version must pass:
+/// `switchyard validate` runs them and refuses a plugin that fails them.
+#[test]
+fn validate_runs_the_configured_sample_cases() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = tmp.path().join("switchyard.toml");
+    let write = |samples: &str| {
+        let text = config_with(&format!(
+            r#"
+[plugins.projection]
+path = "{}"
+capabilities = ["log", "clock", "kv"]
+samples = "{}"
+"#,
+            plugin("prisoner-projection").display(),
+            root().join("plugins").join(samples).display()
+        ));
+        std::fs::write(&cfg, text).unwrap();
+    };
+    write("prisoner-projection/samples");
+    let out = ok(&["validate", "--config", path(&cfg)]);
+    assert!(out.contains("sample cases: 3 passed"), "{out}");
+
+    // Another plugin's cases do not pass: wrong config, other outputs.
+    write("domain-fanout/samples");
+    let out = switchyard(&["validate", "--config", path(&cfg)]);
+    let all = text(&out);
+    assert!(!out.status.success(), "{all}");
+    assert!(all.contains("plugin projection: 2 of 2 sample case(s) failed"), "{all}");
+    assert!(all.contains("init refused its config"), "{all}");
+}

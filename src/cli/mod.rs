@@ -282,6 +282,10 @@ async fn validate(config: &Path) -> Result<()> {
             p.version(),
             p.spec().path.display()
         );
+        if let Some(samples) = cfg.plugins.get(name).and_then(|c| c.samples.as_ref()) {
+            let passed = switchyard::plugin::samples::verify(p, samples.get_ref()).await?;
+            println!("    sample cases: {passed} passed");
+        }
     }
     for r in &cfg.routes {
         let stages: Vec<_> = r.pipeline.iter().map(|s| s.get_ref().as_str()).collect();

@@ -22,7 +22,7 @@
 //! CloudEvents (told apart by `specversion`), decoded exactly as the HTTP
 //! source does; an HMPPS event gets the id `<case>/<n>` so outputs are
 //! reproducible. `config` is passed to `init` (default: the plugin's own),
-//! `capabilities` are granted (default: all), `state` seeds the plugin's kv
+//! `capabilities` are granted (default: the plugin's own), `state` seeds the plugin's kv
 //! (values are JSON, stored as their JSON text). `expect`, when present, has
 //! one entry per event: `{"outputs": [...]}` (or just the list) or
 //! `{"error": KIND}` / `{"error": {"kind": KIND, "message": SUBSTRING}}` with
@@ -44,7 +44,7 @@ use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
 pub use diff::diff;
-pub use run::{CaseRun, EventRun, run_case};
+pub use run::{CaseRun, EventRun, VerifyError, run_case, verify};
 
 use crate::config::Capability;
 use crate::envelope::{self, IngestDefaults, KeyRule};

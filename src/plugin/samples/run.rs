@@ -128,8 +128,48 @@ impl CaseRun {
     }
 }
 
+/// Why a plugin version did not pass its sample cases.
+#[derive(Debug, thiserror::Error)]
+pub enum VerifyError {
+    #[error(transparent)]
+    Load(#[from] super::SampleError),
+    #[error("plugin {plugin}: {failed} of {total} sample case(s) failed: {}", failures.join("; "))]
+    Failed {
+        plugin: String,
+        failed: usize,
+        total: usize,
+        failures: Vec<String>,
+    },
+}
+
+/// Runs the cases at `path` (a case file or a directory of them) on
+/// `plugin`: what a new version must pass before it replaces a serving one.
+/// Returns how many cases passed.
+pub async fn verify(plugin: &Plugin, path: &std::path::Path) -> Result<usize, VerifyError> {
+    let cases = super::load_cases(path)?;
+    let mut failures = Vec::new();
+    let mut failed = 0;
+    for case in &cases {
+        let run = run_case(plugin, case).await;
+        if !run.passed() {
+            failed += 1;
+            failures.extend(run.failures());
+        }
+    }
+    if failed > 0 {
+        return Err(VerifyError::Failed {
+            plugin: plugin.name().to_string(),
+            failed,
+            total: cases.len(),
+            failures,
+        });
+    }
+    Ok(cases.len())
+}
+
 /// Runs `case` on a fresh copy of `plugin` (its own instance, the case's
-/// config and grants), so cases cannot see each other's memory or state.
+/// config and grants, else the plugin's), so cases cannot see each other's
+/// memory or state.
 pub async fn run_case(plugin: &Plugin, case: &SampleCase) -> CaseRun {
     let mut run = CaseRun {
         name: case.name.clone(),
@@ -143,7 +183,7 @@ pub async fn run_case(plugin: &Plugin, case: &SampleCase) -> CaseRun {
     let grants = case
         .capabilities
         .clone()
-        .unwrap_or_else(|| vec![Capability::Log, Capability::Clock, Capability::Kv]);
+        .unwrap_or_else(|| plugin.spec().grants.clone());
     let config = case
         .config
         .clone()

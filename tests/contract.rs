@@ -30,7 +30,14 @@ fn a_plugin_of_an_unsupported_contract_version_is_refused_naming_both() {
     std::fs::write(&cfg, future_config()).unwrap();
     for args in [
         vec!["validate", "--config"],
-        vec!["run", "--listen", "127.0.0.1:0", "--data-dir", "data", "--config"],
+        vec![
+            "run",
+            "--listen",
+            "127.0.0.1:0",
+            "--data-dir",
+            "data",
+            "--config",
+        ],
     ] {
         let out = Command::new(env!("CARGO_BIN_EXE_switchyard"))
             .args(&args)
@@ -39,7 +46,10 @@ fn a_plugin_of_an_unsupported_contract_version_is_refused_naming_both() {
             .output()
             .expect("run switchyard");
         let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(!out.status.success(), "{args:?} must refuse the plugin: {stderr}");
+        assert!(
+            !out.status.success(),
+            "{args:?} must refuse the plugin: {stderr}"
+        );
         assert!(
             stderr.contains("plugin future:")
                 && stderr.contains("was built against switchyard:plugin@0.9.0")
@@ -59,7 +69,10 @@ fn inspect_tells_the_contract_version_and_whether_it_is_accepted() {
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(!out.status.success(), "{stdout}");
-    assert!(stdout.contains("switchyard:plugin/processor@0.9.0"), "{stdout}");
+    assert!(
+        stdout.contains("switchyard:plugin/processor@0.9.0"),
+        "{stdout}"
+    );
     assert!(
         stdout.contains("NOT accepted: this host accepts switchyard:plugin@0.1.x"),
         "{stdout}"
@@ -75,7 +88,10 @@ fn inspect_tells_the_contract_version_and_whether_it_is_accepted() {
     assert_eq!(info["world"], "switchyard:plugin/processor@0.1.0");
     assert_eq!(info["contract"], "0.1.0");
     assert_eq!(info["accepted"], true);
-    assert_eq!(info["capabilities"], serde_json::json!(["log", "clock", "kv"]));
+    assert_eq!(
+        info["capabilities"],
+        serde_json::json!(["log", "clock", "kv"])
+    );
     assert!(info["size"].as_u64().unwrap() > 1_000_000, "{info}");
     assert!(
         info["imports"]

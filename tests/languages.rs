@@ -60,7 +60,15 @@ pipeline = ["fanout-{l}"]
 
 /// What must be identical: the record minus its id (derived from the route
 /// name) and the producing plugin's name and version.
-fn comparable(ev: &Event) -> (Option<String>, String, String, String, BTreeMap<String, String>) {
+fn comparable(
+    ev: &Event,
+) -> (
+    Option<String>,
+    String,
+    String,
+    String,
+    BTreeMap<String, String>,
+) {
     let mut attrs = ev.attributes.clone();
     attrs.remove("plugin");
     attrs.remove("pluginversion");
@@ -87,7 +95,10 @@ fn read_all(store: &switchyard::Store, topic: &str) -> Vec<Event> {
 /// part of the data through `eventCount`).
 fn same_records(store: &switchyard::Store, rust_topic: &str, other_topic: &str) -> usize {
     let mut rust: Vec<_> = read_all(store, rust_topic).iter().map(comparable).collect();
-    let mut other: Vec<_> = read_all(store, other_topic).iter().map(comparable).collect();
+    let mut other: Vec<_> = read_all(store, other_topic)
+        .iter()
+        .map(comparable)
+        .collect();
     assert!(!rust.is_empty(), "{rust_topic} is empty");
     rust.sort();
     other.sort();
@@ -101,7 +112,10 @@ fn same_records(store: &switchyard::Store, rust_topic: &str, other_topic: &str) 
             r.3, o.3,
             "data bytes differ between {rust_topic} and {other_topic}"
         );
-        assert_eq!(r, o, "records differ between {rust_topic} and {other_topic}");
+        assert_eq!(
+            r, o,
+            "records differ between {rust_topic} and {other_topic}"
+        );
     }
     rust.len()
 }
@@ -155,7 +169,12 @@ fn compare_with_rust(lang: &str) {
         );
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
-    assert_eq!(router.topic_len("dead-letter"), 0, "{:?}", router.topic("dead-letter"));
+    assert_eq!(
+        router.topic_len("dead-letter"),
+        0,
+        "{:?}",
+        router.topic("dead-letter")
+    );
     router.stop();
 
     let store = switchyard::Store::open(&dir.path().join("data")).expect("open the store");

@@ -18,10 +18,18 @@ fn switchyard(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_switchyard"))
         .args(args)
         .env("SWITCHYARD_TOOL_PATH", tools)
-        .env("CARGO_TARGET_DIR", root().join("target/plugin-projects"))
+        .env("CARGO_TARGET_DIR", target_dir().join("plugin-projects"))
         .env("RUST_LOG", "warn")
         .output()
         .expect("run switchyard")
+}
+
+/// The router's own target dir (CI keeps it outside the clone), so the
+/// template projects' dependencies stay compiled between runs.
+fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join("target"))
 }
 
 fn text(out: &Output) -> String {
@@ -35,7 +43,11 @@ fn text(out: &Output) -> String {
 
 fn ok(args: &[&str]) -> String {
     let out = switchyard(args);
-    assert!(out.status.success(), "switchyard {args:?} failed:\n{}", text(&out));
+    assert!(
+        out.status.success(),
+        "switchyard {args:?} failed:\n{}",
+        text(&out)
+    );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
@@ -47,8 +59,19 @@ fn path(p: &Path) -> &str {
 fn author_loop(lang: &str, component_imports: &[&str]) {
     let tmp = tempfile::tempdir().unwrap();
     let name = format!("counter-{lang}");
-    let out = ok(&["plugin", "new", &name, "--lang", lang, "--dir", path(tmp.path())]);
-    assert!(out.contains(&format!("created {lang} plugin project")), "{out}");
+    let out = ok(&[
+        "plugin",
+        "new",
+        &name,
+        "--lang",
+        lang,
+        "--dir",
+        path(tmp.path()),
+    ]);
+    assert!(
+        out.contains(&format!("created {lang} plugin project")),
+        "{out}"
+    );
     let dir: PathBuf = tmp.path().join(&name);
     assert!(dir.join("samples/basic.json").is_file());
 
@@ -65,13 +88,22 @@ fn author_loop(lang: &str, component_imports: &[&str]) {
         out.contains(r#""data":{"eventType":"prison-offender-events.prisoner.released","seen":2}"#),
         "outputs are printed per event:\n{out}"
     );
-    assert!(out.contains("kv put seen/A1234BC = 2"), "kv changes are printed:\n{out}");
+    assert!(
+        out.contains("kv put seen/A1234BC = 2"),
+        "kv changes are printed:\n{out}"
+    );
 
     let info = ok(&["plugin", "inspect", path(&wasm)]);
-    assert!(info.contains("world:        switchyard:plugin/processor@0.1.0"), "{info}");
+    assert!(
+        info.contains("world:        switchyard:plugin/processor@0.1.0"),
+        "{info}"
+    );
     assert!(info.contains("accepted by this host"), "{info}");
     for cap in component_imports {
-        assert!(info.contains(&format!("switchyard:plugin/{cap}@0.1.0")), "{cap}: {info}");
+        assert!(
+            info.contains(&format!("switchyard:plugin/{cap}@0.1.0")),
+            "{cap}: {info}"
+        );
     }
 
     // A wrong expectation fails, naming what differs.
@@ -84,8 +116,14 @@ fn author_loop(lang: &str, component_imports: &[&str]) {
     let all = text(&out);
     assert!(!out.status.success(), "a mismatch must fail:\n{all}");
     assert!(all.contains("MISMATCH"), "{all}");
-    assert!(all.contains("outputs[0].data.seen: expected 3, got 2"), "{all}");
-    assert!(all.contains("case basic: event 2: outputs[0].data.seen"), "{all}");
+    assert!(
+        all.contains("outputs[0].data.seen: expected 3, got 2"),
+        "{all}"
+    );
+    assert!(
+        all.contains("case basic: event 2: outputs[0].data.seen"),
+        "{all}"
+    );
     assert!(all.contains("1 of 1 sample case(s) FAILED"), "{all}");
 }
 
@@ -108,10 +146,13 @@ fn python_plugin_new_build_test() {
 fn test_with_loose_events_expectations_and_state() {
     let tmp = tempfile::tempdir().unwrap();
     let events = tmp.path().join("events.jsonl");
-    let line = |t: &str, noms: &str| {
-        hmpps(t, noms, "MDI", "2024-06-11T14:41:22+01:00").to_string() + "\n"
-    };
-    std::fs::write(&events, line(RELEASED, "A1234BC") + &line(RECEIVED, "Z9999ZZ")).unwrap();
+    let line =
+        |t: &str, noms: &str| hmpps(t, noms, "MDI", "2024-06-11T14:41:22+01:00").to_string() + "\n";
+    std::fs::write(
+        &events,
+        line(RELEASED, "A1234BC") + &line(RECEIVED, "Z9999ZZ"),
+    )
+    .unwrap();
     let state = tmp.path().join("state.json");
     std::fs::write(
         &state,
@@ -181,7 +222,10 @@ fn test_with_loose_events_expectations_and_state() {
         "log,clock",
     ]);
     let all = text(&out);
-    assert!(out.status.success(), "no expectations, so nothing fails:\n{all}");
+    assert!(
+        out.status.success(),
+        "no expectations, so nothing fails:\n{all}"
+    );
     assert!(all.contains("error capability-denied"), "{all}");
 }
 
@@ -191,11 +235,18 @@ fn test_with_loose_events_expectations_and_state() {
 fn examples_in_every_language_pass_the_shared_samples() {
     for name in ["prisoner-projection", "domain-fanout"] {
         let samples = root().join("plugins").join(name).join("samples");
-        for variant in [name.to_string(), format!("{name}-js"), format!("{name}-python")] {
+        for variant in [
+            name.to_string(),
+            format!("{name}-js"),
+            format!("{name}-python"),
+        ] {
             let wasm = plugin(&variant);
             let out = ok(&["plugin", "test", path(&wasm), "--events", path(&samples)]);
             assert!(out.contains("sample case(s) passed"), "{variant}: {out}");
-            assert!(!out.contains("ran (no expectations stated)"), "{variant}: {out}");
+            assert!(
+                !out.contains("ran (no expectations stated)"),
+                "{variant}: {out}"
+            );
         }
     }
 }
@@ -228,6 +279,9 @@ samples = "{}"
     let out = switchyard(&["validate", "--config", path(&cfg)]);
     let all = text(&out);
     assert!(!out.status.success(), "{all}");
-    assert!(all.contains("plugin projection: 2 of 2 sample case(s) failed"), "{all}");
+    assert!(
+        all.contains("plugin projection: 2 of 2 sample case(s) failed"),
+        "{all}"
+    );
     assert!(all.contains("init refused its config"), "{all}");
 }

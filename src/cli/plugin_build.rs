@@ -23,13 +23,7 @@ use super::toolchain;
 const TARGET: &str = "wasm32-wasip2";
 
 /// Directories never part of a project's sources.
-const SKIP_DIRS: &[&str] = &[
-    "target",
-    "dist",
-    "node_modules",
-    "samples",
-    "__pycache__",
-];
+const SKIP_DIRS: &[&str] = &["target", "dist", "node_modules", "samples", "__pycache__"];
 
 /// A plugin project on disk.
 #[derive(Debug, Clone)]
@@ -193,10 +187,7 @@ fn write(path: &Path, text: &str) -> Result<()> {
 /// Copies the project's source files with one of `exts` under `to`.
 fn stage_sources(project: &Project, to: &Path, exts: &[&str]) -> Result<()> {
     for f in sources(&project.dir) {
-        if !f
-            .extension()
-            .is_some_and(|x| exts.iter().any(|e| x == *e))
-        {
+        if !f.extension().is_some_and(|x| exts.iter().any(|e| x == *e)) {
             continue;
         }
         let rel = f.strip_prefix(&project.dir).unwrap_or(&f);
@@ -235,7 +226,10 @@ fn build_js(project: &Project, out: &Path) -> Result<()> {
     }
     // The SDK goes next to the entry module, where `./switchyard.js` finds it.
     let entry_dir = src.join(&entry).parent().map(Path::to_path_buf);
-    write(&entry_dir.unwrap_or(src.clone()).join("switchyard.js"), sdk::JS)?;
+    write(
+        &entry_dir.unwrap_or(src.clone()).join("switchyard.js"),
+        sdk::JS,
+    )?;
     write(&stage.join("wit/plugin.wit"), WIT)?;
     write(&stage.join("componentize.mjs"), sdk::JS_COMPONENTIZE)?;
     eprintln!("componentizing {entry} with ComponentizeJS (takes a few seconds)");

@@ -36,9 +36,18 @@ pub mod sdk {
     pub const JS_COMPONENTIZE: &str = include_str!("../../plugins/js/componentize.mjs");
     pub const PYTHON: &str = include_str!("../../plugins/sdk/python/switchyard_plugin.py");
     pub const RUST: &[(&str, &str)] = &[
-        ("src/lib.rs", include_str!("../../plugins/sdk/rust/src/lib.rs")),
-        ("src/kv.rs", include_str!("../../plugins/sdk/rust/src/kv.rs")),
-        ("src/log.rs", include_str!("../../plugins/sdk/rust/src/log.rs")),
+        (
+            "src/lib.rs",
+            include_str!("../../plugins/sdk/rust/src/lib.rs"),
+        ),
+        (
+            "src/kv.rs",
+            include_str!("../../plugins/sdk/rust/src/kv.rs"),
+        ),
+        (
+            "src/log.rs",
+            include_str!("../../plugins/sdk/rust/src/log.rs"),
+        ),
         (
             "src/clock.rs",
             include_str!("../../plugins/sdk/rust/src/clock.rs"),
@@ -75,6 +84,9 @@ fn template(lang: Lang) -> Vec<(&'static str, &'static str)> {
                 "src/lib.rs",
                 include_str!("../../plugins/templates/rust/src/lib.rs"),
             ),
+            // The versions the repository's plugins are built and tested
+            // with; cargo drops the entries the project does not use.
+            ("Cargo.lock", include_str!("../../plugins/Cargo.lock")),
             (
                 ".gitignore",
                 include_str!("../../plugins/templates/rust/gitignore"),
@@ -135,7 +147,10 @@ pub fn new(name: &str, lang: Lang, parent: &Path) -> Result<PathBuf> {
         .into_iter()
         .map(|(p, text)| (p.to_string(), text.replace("{{name}}", name)))
         .collect();
-    files.push(("samples/basic.json".into(), SAMPLE.replace("{{name}}", name)));
+    files.push((
+        "samples/basic.json".into(),
+        SAMPLE.replace("{{name}}", name),
+    ));
     if lang == Lang::Rust {
         // The SDK is not on crates.io: the project carries its own copy.
         for (p, text) in sdk::RUST {
@@ -158,7 +173,10 @@ pub fn new(name: &str, lang: Lang, parent: &Path) -> Result<PathBuf> {
     }
     println!("created {lang} plugin project {}", dir.display());
     println!("next:");
-    println!("  switchyard plugin test {}     # builds, then runs samples/*.json", dir.display());
+    println!(
+        "  switchyard plugin test {}     # builds, then runs samples/*.json",
+        dir.display()
+    );
     println!("  edit the plugin, then drop dist/{name}.wasm into the router's plugins folder");
     Ok(dir)
 }
@@ -178,6 +196,9 @@ mod tests {
     #[test]
     fn the_copied_rust_sdk_points_at_its_own_wit() {
         let lib = sdk::RUST[0].1;
-        assert!(lib.contains(sdk::RUST_WIT_PATH.0), "the SDK's WIT path moved");
+        assert!(
+            lib.contains(sdk::RUST_WIT_PATH.0),
+            "the SDK's WIT path moved"
+        );
     }
 }

@@ -77,10 +77,8 @@ impl ComponentInfo {
         for payload in Parser::new(0).parse_all(bytes) {
             let payload = payload.map_err(|e| InspectError::Malformed(e.to_string()))?;
             match payload {
-                Payload::Version { encoding, .. } if depth == 0 => {
-                    if encoding == Encoding::Module {
-                        return Err(InspectError::CoreModule);
-                    }
+                Payload::Version { encoding, .. } if depth == 0 && encoding == Encoding::Module => {
+                    return Err(InspectError::CoreModule);
                 }
                 Payload::ModuleSection { .. } | Payload::ComponentSection { .. } => depth += 1,
                 Payload::End(_) => depth = depth.saturating_sub(1),
@@ -133,7 +131,10 @@ impl ComponentInfo {
         info.contract = versions.into_iter().next();
         info.capabilities.sort();
         info.capabilities.dedup();
-        info.producers = producers.into_iter().map(|p| p.trim().to_string()).collect();
+        info.producers = producers
+            .into_iter()
+            .map(|p| p.trim().to_string())
+            .collect();
         Ok(info)
     }
 

@@ -123,7 +123,12 @@ struct CaseFile {
 pub fn load_cases(path: &Path) -> Result<Vec<SampleCase>, SampleError> {
     json_files(path)?
         .iter()
-        .map(|f| load_case(f, &std::fs::read_to_string(f).map_err(|e| err(f, e.to_string()))?))
+        .map(|f| {
+            load_case(
+                f,
+                &std::fs::read_to_string(f).map_err(|e| err(f, e.to_string()))?,
+            )
+        })
         .collect()
 }
 
@@ -203,7 +208,11 @@ pub fn case_from_parts(
         let text = std::fs::read_to_string(&f).map_err(|e| err(&f, e.to_string()))?;
         let lines = f.extension().is_some_and(|x| x == "jsonl" || x == "ndjson");
         if lines {
-            for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+            for (i, line) in text
+                .lines()
+                .enumerate()
+                .filter(|(_, l)| !l.trim().is_empty())
+            {
                 raw.push(
                     RawValue::from_string(line.to_string())
                         .map_err(|e| err(&f, format!("line {}: {e}", i + 1)))?,
@@ -239,10 +248,7 @@ pub fn case_from_parts(
                 }
                 _ => return Err(err(f, "expected an array of expectations")),
             };
-            (
-                Some(parse_expectations(f, &list, events_list.len())?),
-                st,
-            )
+            (Some(parse_expectations(f, &list, events_list.len())?), st)
         }
     };
     let state = match state {
@@ -269,10 +275,14 @@ pub fn case_from_parts(
 /// The ordering-key rules of the default configuration, so sample events get
 /// the key the router would give them.
 fn default_key_rules() -> Vec<KeyRule> {
-    ["identifier:NOMS", "identifier:CRN", "/additionalInformation/nomsNumber"]
-        .iter()
-        .filter_map(|r| r.parse().ok())
-        .collect()
+    [
+        "identifier:NOMS",
+        "identifier:CRN",
+        "/additionalInformation/nomsNumber",
+    ]
+    .iter()
+    .filter_map(|r| r.parse().ok())
+    .collect()
 }
 
 fn decode_events(

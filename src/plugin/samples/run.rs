@@ -233,9 +233,11 @@ pub async fn run_case(plugin: &Plugin, case: &SampleCase) -> CaseRun {
 
 fn compare(expected: &Expectation, outcome: &Result<Vec<Value>, CallError>) -> Vec<String> {
     match (expected, outcome) {
-        (Expectation::Outputs(e), Ok(a)) => {
-            diff("outputs", &Value::Array(e.clone()), &Value::Array(a.clone()))
-        }
+        (Expectation::Outputs(e), Ok(a)) => diff(
+            "outputs",
+            &Value::Array(e.clone()),
+            &Value::Array(a.clone()),
+        ),
         (Expectation::Outputs(e), Err(err)) => vec![format!(
             "expected {} output(s), got error {}: {err}",
             e.len(),
@@ -257,7 +259,10 @@ fn compare(expected: &Expectation, outcome: &Result<Vec<Value>, CallError>) -> V
             if let Some(m) = message
                 && !err.to_string().contains(m.as_str())
             {
-                out.push(format!("error message: expected it to contain {m:?}, got {:?}", err.to_string()));
+                out.push(format!(
+                    "error message: expected it to contain {m:?}, got {:?}",
+                    err.to_string()
+                ));
             }
             out
         }

@@ -32,11 +32,16 @@ fn a_case_file_decodes_like_the_http_source() {
     assert_eq!(hmpps.source, SAMPLE_SOURCE);
     assert!(hmpps.data.contains("\"eventType\""));
     let cloud = &case.events[1];
-    assert_eq!((cloud.id.as_str(), cloud.event_type.as_str()), ("ce-1", "a.b"));
+    assert_eq!(
+        (cloud.id.as_str(), cloud.event_type.as_str()),
+        ("ce-1", "a.b")
+    );
     // "version": "1" is the default, so it is dropped like in actual outputs.
     assert_eq!(
         case.expect.as_ref().unwrap()[0],
-        Expectation::Outputs(vec![json!({"topic": "t", "type": "x", "key": "A1234BC", "data": {"a": 1}})])
+        Expectation::Outputs(vec![
+            json!({"topic": "t", "type": "x", "key": "A1234BC", "data": {"a": 1}})
+        ])
     );
     assert_eq!(
         case.expect.as_ref().unwrap()[1],
@@ -51,17 +56,28 @@ fn a_case_file_decodes_like_the_http_source() {
 fn mistakes_in_case_files_name_the_file_and_the_place() {
     let f = Path::new("samples/bad.json");
     let e = load_case(f, r#"{"events": [], "expekt": []}"#).unwrap_err();
-    assert!(e.to_string().starts_with("samples/bad.json: unknown field `expekt`"), "{e}");
+    assert!(
+        e.to_string()
+            .starts_with("samples/bad.json: unknown field `expekt`"),
+        "{e}"
+    );
     let e = load_case(f, r#"{"events": [{"eventType": ""}]}"#).unwrap_err();
     assert!(e.to_string().contains("events[0]: /eventType"), "{e}");
     let two = r#"{"events": [{"specversion": "1.0", "id": "1", "source": "s", "type": "t"}],
                  "expect": [[], []]}"#;
     let e = load_case(f, two).unwrap_err();
-    assert!(e.to_string().contains("expect has 2 entries for 1 events"), "{e}");
+    assert!(
+        e.to_string().contains("expect has 2 entries for 1 events"),
+        "{e}"
+    );
     let bad_out = r#"{"events": [{"specversion": "1.0", "id": "1", "source": "s", "type": "t"}],
                  "expect": [[{"topic": "t", "data": 1}]]}"#;
     let e = load_case(f, bad_out).unwrap_err();
-    assert!(e.to_string().contains("expect[0]: outputs[0]: missing field `type`"), "{e}");
+    assert!(
+        e.to_string()
+            .contains("expect[0]: outputs[0]: missing field `type`"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -89,7 +105,10 @@ fn canonical_outputs_omit_router_defaults() {
         ..ev
     };
     assert_eq!(canonical_output("t", &text)["data"], json!("hi"));
-    assert_eq!(canonical_output("t", &text)["contentType"], json!("text/plain"));
+    assert_eq!(
+        canonical_output("t", &text)["contentType"],
+        json!("text/plain")
+    );
 }
 
 #[test]
@@ -103,8 +122,11 @@ fn loose_parts_make_a_case() {
     )
     .unwrap();
     let expect = dir.path().join("expect.json");
-    std::fs::write(&expect, r#"{"expect": [[], {"error": "trap"}], "expect_state": {"k": 1}}"#)
-        .unwrap();
+    std::fs::write(
+        &expect,
+        r#"{"expect": [[], {"error": "trap"}], "expect_state": {"k": 1}}"#,
+    )
+    .unwrap();
     let state = dir.path().join("state.json");
     std::fs::write(&state, r#"{"k": {"n": 0}}"#).unwrap();
     let case = case_from_parts(&events, Some(&expect), Some(&state)).unwrap();

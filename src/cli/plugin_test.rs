@@ -140,11 +140,18 @@ pub async fn test(args: TestArgs) -> Result<bool> {
 
 /// Prints what a component is; `Ok(false)` when this host would refuse it.
 pub fn inspect(path: &Path, json: bool) -> Result<bool> {
-    let (wasm, _) = if path.is_dir() {
+    let wasm = if path.is_dir() {
         let p = Project::detect(path)?;
-        (p.artefact(), Some(p))
+        if !p.artefact().is_file() {
+            bail!(
+                "{}: not built yet; run `switchyard plugin build {}`",
+                p.artefact().display(),
+                path.display()
+            );
+        }
+        p.artefact()
     } else {
-        (path.to_path_buf(), None)
+        path.to_path_buf()
     };
     let bytes = std::fs::read(&wasm).with_context(|| format!("reading {}", wasm.display()))?;
     let info = ComponentInfo::read(&bytes).with_context(|| format!("{}", wasm.display()))?;

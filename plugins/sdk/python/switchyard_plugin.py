@@ -59,6 +59,10 @@ def json(ev: Event) -> Any:
         raise BadEvent(f"event {ev.id} data is not valid JSON: {e}") from None
 
 
+# `ev.json()`, as in the JavaScript and Rust SDKs.
+Event.json = json  # type: ignore[attr-defined]
+
+
 def attribute(ev: Event, name: str) -> Optional[str]:
     """The value of the first attribute called `name`, or None."""
     for k, v in ev.attributes:

@@ -31,7 +31,7 @@ def opt_string(ev, obj, field):
 def change_from(ev):
     """Validates the event and extracts the change it describes; every
     problem is a BadEvent, since retrying cannot make the event valid."""
-    data = sy.json(ev)
+    data = ev.json()
     if not isinstance(data, dict):
         raise shape_error(ev, "expected an object")
     payload_type = opt_string(ev, data, "eventType")

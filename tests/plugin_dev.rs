@@ -1,5 +1,6 @@
 //! The plugin author's loop with the real binary and the real toolchains
-//! (cargo, ComponentizeJS, componentize-py, as scripts/setup installs them):
+//! (cargo, ComponentizeJS, componentize-py, clang + wasm-tools, as
+//! scripts/setup installs them):
 //! `plugin new` → `plugin build` → `plugin test` passes for each language; a
 //! wrong expectation fails with a readable diff; `plugin inspect` tells the
 //! world, contract and capabilities.
@@ -140,6 +141,11 @@ fn javascript_plugin_new_build_test() {
 #[test]
 fn python_plugin_new_build_test() {
     author_loop("python", &["types", "kv", "log", "clock"]);
+}
+
+#[test]
+fn c_plugin_new_build_test() {
+    author_loop("c", &["types", "kv"]);
 }
 
 #[test]

@@ -82,7 +82,7 @@ enum PluginCommand {
         #[arg(long, default_value = ".")]
         dir: PathBuf,
     },
-    /// Build a plugin project (Rust, JavaScript or Python, detected) into a component.
+    /// Build a plugin project (Rust, JavaScript, Python or C, detected) into a component.
     Build {
         /// The plugin project directory.
         #[arg(default_value = ".")]

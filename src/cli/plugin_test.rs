@@ -113,20 +113,16 @@ pub async fn test(args: TestArgs) -> Result<bool> {
     let plugin = host.load(spec).await?;
     println!("plugin {} (version {})", wasm.display(), plugin.version());
     let mut failures = Vec::new();
+    let mut failed_cases = 0;
     let total = cases.len();
     for case in &cases {
         let run = samples::run_case(&plugin, case).await;
         print!("{}", run.render());
-        failures.extend(run.failures());
+        if !run.passed() {
+            failed_cases += 1;
+            failures.extend(run.failures());
+        }
     }
-    let failed_cases = {
-        let mut names: Vec<&str> = failures
-            .iter()
-            .filter_map(|f| f.strip_prefix("case ")?.split(':').next())
-            .collect();
-        names.dedup();
-        names.len()
-    };
     if failures.is_empty() {
         println!("all {total} sample case(s) passed");
         return Ok(true);

@@ -17,6 +17,9 @@ use anyhow::{Context, Result, bail};
 
 /// The npm package and version `plugin build` uses for JavaScript.
 pub const COMPONENTIZE_JS: (&str, &str) = ("@bytecodealliance/componentize-js", "0.23.0");
+/// Imported by ComponentizeJS when it runs but not among its dependencies,
+/// so it is installed next to it (the version its own tooling resolves).
+pub const PREVIEW2_SHIM: (&str, &str) = ("@bytecodealliance/preview2-shim", "0.25.0");
 /// The PyPI package and version `plugin build` uses for Python.
 pub const COMPONENTIZE_PY: (&str, &str) = ("componentize-py", "0.25.1");
 /// The PyPI package (a prebuilt binary) that provides `wasm-tools` for C.
@@ -57,12 +60,19 @@ pub fn componentize_js(project: &Path) -> Result<PathBuf> {
     let mut candidates = tool_path();
     candidates.extend(project.ancestors().map(Path::to_path_buf));
     candidates.push(cache.clone());
-    if let Some(dir) = candidates
-        .iter()
-        .map(|d| found_in(d))
-        .find(|d| d.join("package.json").is_file())
-    {
-        return Ok(dir);
+    let (shim, shim_version) = PREVIEW2_SHIM;
+    let complete = |d: &Path| {
+        d.join("node_modules")
+            .join(pkg)
+            .join("package.json")
+            .is_file()
+            && d.join("node_modules")
+                .join(shim)
+                .join("package.json")
+                .is_file()
+    };
+    if let Some(dir) = candidates.iter().find(|d| complete(d)) {
+        return Ok(found_in(dir));
     }
     eprintln!(
         "{pkg} not found; installing {pkg}@{version} into {} (once per project)",
@@ -73,11 +83,10 @@ pub fn componentize_js(project: &Path) -> Result<PathBuf> {
         .args(["install", "--no-audit", "--no-fund", "--prefix"])
         .arg(&cache)
         .arg(format!("{pkg}@{version}"))
+        .arg(format!("{shim}@{shim_version}"))
         .status();
     match status {
-        Ok(s) if s.success() && found_in(&cache).join("package.json").is_file() => {
-            Ok(found_in(&cache))
-        }
+        Ok(s) if s.success() && complete(&cache) => Ok(found_in(&cache)),
         Ok(s) => bail!(
             "cannot install {pkg}@{version} with npm ({s}); install it yourself \
              (`npm install --prefix {} {pkg}@{version}`) or set SWITCHYARD_TOOL_PATH to a \

@@ -20,6 +20,12 @@ pub const MAX_TABLE_ELEMENTS: usize = 200_000;
 /// Python and JavaScript runtimes instantiate a handful; more is an attack.
 pub const MAX_INSTANCES_PER_STORE: usize = 64;
 
+/// The least time an instance gets to start and run `init`. The JavaScript
+/// and Python runtimes do real work there (tens of milliseconds when idle,
+/// seconds on a loaded machine), more than a per-event deadline allows; a
+/// plugin stuck in `init` is still stopped, just later.
+pub const INIT_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// Per-plugin limits, from the plugin's config.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
@@ -34,8 +40,13 @@ pub struct Limits {
 impl Limits {
     /// Epoch ticks that make up `timeout` (at least one).
     pub fn deadline_ticks(&self) -> u64 {
-        let tick = EPOCH_TICK.as_millis().max(1);
-        (self.timeout.as_millis().div_ceil(tick) as u64).max(1)
+        ticks(self.timeout)
+    }
+
+    /// Epoch ticks for instantiating and `init`: `timeout`, but at least
+    /// [`INIT_TIMEOUT`].
+    pub fn init_deadline_ticks(&self) -> u64 {
+        ticks(self.timeout.max(INIT_TIMEOUT))
     }
 
     pub(crate) fn store_limits(&self) -> StoreLimits {
@@ -46,6 +57,11 @@ impl Limits {
             .trap_on_grow_failure(true)
             .build()
     }
+}
+
+fn ticks(d: Duration) -> u64 {
+    let tick = EPOCH_TICK.as_millis().max(1);
+    (d.as_millis().div_ceil(tick) as u64).max(1)
 }
 
 /// The one engine shared by every plugin, with the ticker thread that drives
@@ -93,5 +109,23 @@ impl SharedEngine {
             engine,
             _ticker: Arc::new(Ticker { stop }),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn init_gets_at_least_its_own_deadline() {
+        let limits = |ms| Limits {
+            timeout: Duration::from_millis(ms),
+            memory_bytes: 1,
+            instances: 1,
+        };
+        assert_eq!(limits(500).deadline_ticks(), 50);
+        assert_eq!(limits(500).init_deadline_ticks(), 3_000);
+        assert_eq!(limits(60_000).init_deadline_ticks(), 6_000);
+        assert_eq!(limits(0).deadline_ticks(), 1);
     }
 }

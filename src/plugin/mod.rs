@@ -339,7 +339,7 @@ impl Plugin {
         let mut store = Store::new(self.pre.engine(), state);
         store.limiter(|s| &mut s.limits);
         store.epoch_deadline_trap();
-        store.set_epoch_deadline(self.spec.limits.deadline_ticks());
+        store.set_epoch_deadline(self.spec.limits.init_deadline_ticks());
         let inst_err = |e: wasmtime::Error| LoadError::Instantiate {
             name: self.name.to_string(),
             reason: format!("{e:#}"),
@@ -349,7 +349,7 @@ impl Plugin {
             .instantiate_async(&mut store)
             .await
             .map_err(inst_err)?;
-        store.set_epoch_deadline(self.spec.limits.deadline_ticks());
+        store.set_epoch_deadline(self.spec.limits.init_deadline_ticks());
         proc.call_init(&mut store, &self.spec.config_json)
             .await
             .map_err(inst_err)?

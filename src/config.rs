@@ -226,6 +226,11 @@ pub struct PluginConfig {
     /// rebuilt from the event log into fresh state before it takes over.
     #[serde(default)]
     pub projection: bool,
+    /// Sample cases (a case file or a directory of them, see
+    /// `plugin::samples`) a version of this plugin must pass before it
+    /// serves: `switchyard validate` runs them, and so does a reload.
+    #[serde(default)]
+    pub samples: Option<Spanned<PathBuf>>,
 }
 
 fn default_timeout() -> u64 {
@@ -312,6 +317,9 @@ impl Config {
         }
         for p in self.plugins.values_mut() {
             fix(&mut p.path);
+            if let Some(s) = p.samples.as_mut() {
+                fix(s);
+            }
         }
     }
 
@@ -385,6 +393,15 @@ impl Config {
                 return Err(whole(
                     &format!("{key}.capabilities"),
                     "a projection keeps its state in kv: grant \"kv\"".into(),
+                ));
+            }
+            if let Some(samples) = &p.samples
+                && !samples.get_ref().exists()
+            {
+                return Err(at.error(
+                    Some(samples.span()),
+                    &format!("{key}.samples"),
+                    format!("{} does not exist", samples.get_ref().display()),
                 ));
             }
             for (field, value) in [

@@ -29,6 +29,8 @@ pub enum StartError {
     Schema(#[from] SchemaError),
     #[error(transparent)]
     Plugin(#[from] LoadError),
+    #[error("plugin {plugin}: sample cases failed: {reason}")]
+    Samples { plugin: String, reason: String },
     #[error("aws: {0}")]
     Aws(#[from] crate::transport::aws::AwsError),
 }
@@ -79,6 +81,14 @@ impl Runtime {
         let mut pending = Vec::new();
         for (name, cfg) in &config.plugins {
             let plugin = host.load(PluginSpec::from_config(name, cfg)).await?;
+            if let Some(samples) = &cfg.samples {
+                crate::plugin::samples::verify(&plugin, samples.get_ref())
+                    .await
+                    .map_err(|e| StartError::Samples {
+                        plugin: name.clone(),
+                        reason: e.to_string(),
+                    })?;
+            }
             let stage = if cfg.projection {
                 let (stage, rebuild) = projection::resume(&store, &host, plugin).await?;
                 pending.extend(rebuild);

@@ -1,7 +1,11 @@
-//! `switchyard run | validate | replay | plugin build | aws setup`.
+//! `switchyard run | validate | replay | plugin new | plugin build | plugin test |
+//! plugin inspect | aws setup`.
 
 mod plugin_build;
+mod plugin_new;
+mod plugin_test;
 mod replay;
+mod toolchain;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -97,21 +101,76 @@ enum AwsCommand {
 
 #[derive(Subcommand)]
 enum PluginCommand {
-    /// Build a plugin project into a component (`wasm32-wasip2`).
-    Build {
-        /// The plugin project directory (a Cargo package).
+    /// Create a plugin project that builds and passes its own sample case.
+    New {
+        /// The plugin's name (lower-case letters, digits, `-`, `_`).
+        name: String,
+        /// The language of the plugin.
+        #[arg(long, value_enum, default_value = "rust")]
+        lang: plugin_new::Lang,
+        /// Where to create the project directory NAME.
+        #[arg(long, default_value = ".")]
         dir: PathBuf,
-        /// Where to write the component (default: DIR/dist/<package>.wasm).
+    },
+    /// Build a plugin project (Rust, JavaScript, Python or C, detected) into a component.
+    Build {
+        /// The plugin project directory.
+        #[arg(default_value = ".")]
+        dir: PathBuf,
+        /// Where to write the component (default: DIR/dist/<name>.wasm).
         #[arg(long)]
         out: Option<PathBuf>,
     },
+    /// Run a plugin on sample events in the router's sandbox; compare with expectations.
+    Test {
+        /// A component (.wasm) or a plugin project directory (built when its
+        /// sources changed; its samples/*.json run when --events is not given).
+        #[arg(default_value = ".")]
+        plugin: PathBuf,
+        /// Events to run: a file (one event, a JSON array, or JSON Lines) or a
+        /// directory of them; or sample case files.
+        #[arg(long)]
+        events: Option<PathBuf>,
+        /// Expected results, one per event (see plugins/README.md).
+        #[arg(long, requires = "events")]
+        expect: Option<PathBuf>,
+        /// Initial kv state: a JSON object of key -> JSON value.
+        #[arg(long, requires = "events")]
+        state: Option<PathBuf>,
+        /// The plugin's config (JSON) passed to `init`, where a case sets none.
+        #[arg(long)]
+        config: Option<String>,
+        /// Capabilities granted, comma-separated (default: log,clock,kv).
+        #[arg(long, value_delimiter = ',', value_parser = parse_capability)]
+        capabilities: Option<Vec<switchyard::config::Capability>>,
+        /// Deadline of one call, as in the router's `timeout_ms`.
+        #[arg(long, default_value_t = switchyard::config::DEFAULT_TIMEOUT_MS)]
+        timeout_ms: u64,
+        /// Memory cap of an instance, as in the router's `memory_mb`.
+        #[arg(long, default_value_t = switchyard::config::DEFAULT_MEMORY_MB)]
+        memory_mb: u64,
+    },
+    /// Show a component's world, contract version, size and imported capabilities.
+    Inspect {
+        /// A component (.wasm) or a plugin project directory (its built component).
+        #[arg(default_value = ".")]
+        plugin: PathBuf,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn parse_capability(s: &str) -> Result<switchyard::config::Capability, String> {
+    serde_json::from_value(serde_json::Value::String(s.trim().to_lowercase()))
+        .map_err(|_| format!("unknown capability {s:?}: expected log, clock or kv"))
 }
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing(cli.log_format);
     match run(cli.command) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
@@ -134,29 +193,67 @@ fn init_tracing(format: LogFormat) {
     }
 }
 
-fn run(command: Command) -> Result<()> {
+fn run(command: Command) -> Result<ExitCode> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
+    let ok = |r: Result<()>| r.map(|()| ExitCode::SUCCESS);
+    let pass = |passed: bool| {
+        if passed {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        }
+    };
     match command {
         Command::Run {
             config,
             data_dir,
             listen,
-        } => rt.block_on(run_router(&config, &data_dir, listen)),
-        Command::Validate { config } => rt.block_on(validate(&config)),
+        } => ok(rt.block_on(run_router(&config, &data_dir, listen))),
+        Command::Validate { config } => ok(rt.block_on(validate(&config))),
         Command::Replay {
             projection,
             url,
             wait,
-        } => replay::replay(&url, &projection, wait),
-        Command::Plugin {
-            command: PluginCommand::Build { dir, out },
-        } => plugin_build::build(&dir, out.as_deref()).map(|_| ()),
+        } => ok(replay::replay(&url, &projection, wait)),
         Command::Aws {
             command: AwsCommand::Setup { config },
-        } => rt.block_on(aws_setup(&config)),
+        } => ok(rt.block_on(aws_setup(&config))),
+        Command::Plugin { command } => match command {
+            PluginCommand::New { name, lang, dir } => {
+                ok(plugin_new::new(&name, lang, &dir).map(|_| ()))
+            }
+            PluginCommand::Build { dir, out } => {
+                ok(plugin_build::build(&dir, out.as_deref()).map(|_| ()))
+            }
+            PluginCommand::Test {
+                plugin,
+                events,
+                expect,
+                state,
+                config,
+                capabilities,
+                timeout_ms,
+                memory_mb,
+            } => {
+                let args = plugin_test::TestArgs {
+                    events,
+                    expect,
+                    state,
+                    config,
+                    capabilities,
+                    timeout_ms,
+                    memory_mb,
+                    ..plugin_test::TestArgs::defaults(plugin)
+                };
+                rt.block_on(plugin_test::test(args)).map(pass)
+            }
+            PluginCommand::Inspect { plugin, json } => {
+                plugin_test::inspect(&plugin, json).map(pass)
+            }
+        },
     }
 }
 
@@ -241,6 +338,10 @@ async fn validate(config: &Path) -> Result<()> {
             p.version(),
             p.spec().path.display()
         );
+        if let Some(samples) = cfg.plugins.get(*name).and_then(|c| c.samples.as_ref()) {
+            let passed = switchyard::plugin::samples::verify(p, samples.get_ref()).await?;
+            println!("    sample cases: {passed} passed");
+        }
     }
     for r in &cfg.routes {
         let stages: Vec<_> = r.pipeline.iter().map(|s| s.get_ref().as_str()).collect();

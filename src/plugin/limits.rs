@@ -21,6 +21,12 @@ pub const MAX_TABLE_ELEMENTS: usize = 200_000;
 /// Python and JavaScript runtimes instantiate a handful; more is an attack.
 pub const MAX_INSTANCES_PER_STORE: usize = 64;
 
+/// The least time an instance gets to start and run `init`. The JavaScript
+/// and Python runtimes do real work there (tens of milliseconds when idle,
+/// seconds on a loaded machine), more than a per-event deadline allows; a
+/// plugin stuck in `init` is still stopped, just later.
+pub const INIT_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// Per-plugin limits, from the plugin's config.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
@@ -33,6 +39,12 @@ pub struct Limits {
 }
 
 impl Limits {
+    /// The deadline for instantiating and `init`: `timeout`, but at least
+    /// [`INIT_TIMEOUT`].
+    pub fn init_timeout(&self) -> Duration {
+        self.timeout.max(INIT_TIMEOUT)
+    }
+
     pub(crate) fn store_limits(&self) -> StoreLimits {
         StoreLimitsBuilder::new()
             .memory_size(self.memory_bytes)
@@ -88,5 +100,21 @@ impl SharedEngine {
             engine,
             _ticker: Arc::new(Ticker { stop }),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn init_gets_at_least_its_own_deadline() {
+        let limits = |ms| Limits {
+            timeout: Duration::from_millis(ms),
+            memory_bytes: 1,
+            instances: 1,
+        };
+        assert_eq!(limits(500).init_timeout(), INIT_TIMEOUT);
+        assert_eq!(limits(60_000).init_timeout(), Duration::from_secs(60));
     }
 }

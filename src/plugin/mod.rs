@@ -8,7 +8,9 @@
 
 mod cache;
 mod host;
+mod inspect;
 mod limits;
+pub mod samples;
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -23,13 +25,14 @@ use wasmtime::{Store, UpdateDeadline};
 pub use cache::CompileCache;
 pub use host::KvAccess;
 use host::{Failure, Processor, ProcessorPre, State, WitEvent};
+pub use inspect::{
+    ACCEPTED_CONTRACTS, CONTRACT_PACKAGE, CONTRACT_VERSION, ComponentInfo, InspectError,
+    accepted_contracts, contract_accepted,
+};
 pub use limits::{EPOCH_TICK, Limits, SharedEngine};
 
 use crate::config::{Capability, PluginConfig};
 use crate::event::Event;
-
-/// The contract version this host implements (the WIT package version).
-pub const CONTRACT_VERSION: &str = "0.1.0";
 
 /// Why a plugin could not be loaded.
 #[derive(Debug, thiserror::Error)]
@@ -49,6 +52,30 @@ pub enum LoadError {
         path: PathBuf,
         reason: String,
     },
+    #[error("plugin {name}: {path}: {source}")]
+    Inspect {
+        name: String,
+        path: PathBuf,
+        #[source]
+        source: InspectError,
+    },
+    #[error(
+        "plugin {name}: {path} was built against {CONTRACT_PACKAGE}@{found}, but this host \
+         (contract {CONTRACT_PACKAGE}@{CONTRACT_VERSION}) accepts {accepted}; rebuild it with \
+         a matching SDK (`switchyard plugin build`)"
+    )]
+    Contract {
+        name: String,
+        path: PathBuf,
+        found: String,
+        accepted: String,
+    },
+    #[error(
+        "plugin {name}: {path} is not a switchyard plugin: it does not use the \
+         {CONTRACT_PACKAGE} contract (expected imports of {CONTRACT_PACKAGE}/types@{CONTRACT_VERSION} \
+         and exports `init` and `handle`)"
+    )]
+    NotAPlugin { name: String, path: PathBuf },
     #[error("plugin {name}: cannot instantiate: {reason}")]
     Instantiate { name: String, reason: String },
     #[error("plugin {name}: init refused its config: {reason}")]
@@ -182,6 +209,7 @@ impl PluginHost {
                 path: spec.path.clone(),
                 source,
             })?;
+        check_contract(&spec, &bytes)?;
         let digest = hex::encode(Sha256::digest(&bytes));
         self.load_version(spec, digest, Some(bytes)).await
     }
@@ -245,6 +273,29 @@ impl PluginHost {
         let first = plugin.instantiate().await?;
         plugin.release(first);
         Ok(plugin)
+    }
+}
+
+/// Refuses, before the (slow) compilation, a component built against a
+/// contract version this host does not link, naming both versions.
+fn check_contract(spec: &PluginSpec, bytes: &[u8]) -> Result<ComponentInfo, LoadError> {
+    let info = ComponentInfo::read(bytes).map_err(|source| LoadError::Inspect {
+        name: spec.name.clone(),
+        path: spec.path.clone(),
+        source,
+    })?;
+    match info.contract.as_deref() {
+        None => Err(LoadError::NotAPlugin {
+            name: spec.name.clone(),
+            path: spec.path.clone(),
+        }),
+        Some(found) if !contract_accepted(found) => Err(LoadError::Contract {
+            name: spec.name.clone(),
+            path: spec.path.clone(),
+            found: found.to_string(),
+            accepted: accepted_contracts(),
+        }),
+        Some(_) => Ok(info),
     }
 }
 
@@ -315,6 +366,37 @@ impl Plugin {
         )
     }
 
+    /// The same compiled component with another `init` config and grants:
+    /// a new plugin with its own instances (so no memory is shared with this
+    /// one), without compiling again. Its first instance is `init`ed here.
+    pub async fn reconfigured(
+        &self,
+        config_json: String,
+        grants: Vec<Capability>,
+    ) -> Result<Arc<Plugin>, LoadError> {
+        let spec = PluginSpec {
+            config_json,
+            grants,
+            ..self.spec.clone()
+        };
+        let plugin = Arc::new(Plugin {
+            name: self.name.clone(),
+            version: self.version.clone(),
+            digest: self.digest.clone(),
+            from_cache: self.from_cache,
+            permits: Semaphore::new(spec.limits.instances),
+            spec,
+            pre: self.pre.clone(),
+            _engine: self._engine.clone(),
+            idle: Mutex::new(Vec::new()),
+            calls: AtomicU64::new(0),
+            failures: AtomicU64::new(0),
+        });
+        let first = plugin.instantiate().await?;
+        plugin.release(first);
+        Ok(plugin)
+    }
+
     async fn instantiate(&self) -> Result<Instance, LoadError> {
         let state = State::new(
             self.name.clone(),
@@ -332,7 +414,7 @@ impl Plugin {
                 _ => UpdateDeadline::Yield(1),
             })
         });
-        store.data_mut().deadline = Some(Instant::now() + self.spec.limits.timeout);
+        store.data_mut().deadline = Some(Instant::now() + self.spec.limits.init_timeout());
         store.set_epoch_deadline(1);
         let inst_err = |e: wasmtime::Error| LoadError::Instantiate {
             name: self.name.to_string(),
@@ -343,7 +425,7 @@ impl Plugin {
             .instantiate_async(&mut store)
             .await
             .map_err(inst_err)?;
-        store.data_mut().deadline = Some(Instant::now() + self.spec.limits.timeout);
+        store.data_mut().deadline = Some(Instant::now() + self.spec.limits.init_timeout());
         store.set_epoch_deadline(1);
         proc.call_init(&mut store, &self.spec.config_json)
             .await

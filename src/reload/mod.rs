@@ -28,7 +28,7 @@ pub use status::{RebuildProgress, ReloadRecord, StatusView, Statuses};
 pub use watcher::Watcher;
 
 use crate::config::Config;
-use crate::plugin::{Plugin, PluginSpec};
+use crate::plugin::{Plugin, PluginSpec, samples};
 use crate::router::Stage;
 use crate::runtime::{Runtime, build_routes, load_schemas, write};
 
@@ -277,6 +277,13 @@ impl Controller {
             }
         };
         out.version = Some(plugin.version().to_string());
+        if let Some(samples) = &cfg.samples
+            && let Err(e) = samples::verify(&plugin, samples.get_ref()).await
+        {
+            out.reason = Some(format!("sample cases failed: {e}"));
+            self.record(name, &out, started, plugin.from_cache(), trigger);
+            return out;
+        }
         let rebuilding = self
             .rebuilds
             .lock()
@@ -401,6 +408,11 @@ impl Controller {
                 .load(PluginSpec::from_config(name, cfg))
                 .await
                 .map_err(|e| e.to_string())?;
+            if let Some(samples) = &cfg.samples {
+                samples::verify(&plugin, samples.get_ref())
+                    .await
+                    .map_err(|e| format!("plugin {name}: sample cases failed: {e}"))?;
+            }
             if cfg.projection && current.is_none() {
                 // A projection new to this router: its generations may be in
                 // the store from an earlier run.

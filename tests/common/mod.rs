@@ -14,6 +14,11 @@ use serde_json::{Value, json};
 /// How long any wait in a test may take before it fails.
 pub const DEADLINE: Duration = Duration::from_secs(60);
 
+/// How long the router may take to start: it compiles every plugin first,
+/// and a JavaScript or Python component takes seconds to compile even on an
+/// idle machine (many more on a busy one).
+pub const STARTUP_DEADLINE: Duration = Duration::from_secs(240);
+
 pub fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
@@ -126,7 +131,7 @@ impl Router {
                 sink.lock().unwrap().push(line);
             }
         });
-        let addr = match rx.recv_timeout(DEADLINE) {
+        let addr = match rx.recv_timeout(STARTUP_DEADLINE) {
             Ok(a) => a,
             Err(_) => {
                 let _ = child.kill();

@@ -189,7 +189,7 @@ fn plugin_swaps_under_load_lose_nothing_and_never_serve_a_broken_version() {
         failures[0]["reason"]
             .as_str()
             .unwrap()
-            .contains("not a valid"),
+            .contains("not a webassembly component"),
         "{status:#}"
     );
     assert!(

@@ -418,7 +418,7 @@ impl Plugin {
         store.set_epoch_deadline(1);
         let inst_err = |e: wasmtime::Error| LoadError::Instantiate {
             name: self.name.to_string(),
-            reason: format!("{e:#}"),
+            reason: error_reason(&e),
         };
         let proc = self
             .pre
@@ -531,7 +531,16 @@ impl Plugin {
                 first_line(&text)
             ));
         }
-        CallError::Trap(first_line(&text).to_string())
+        CallError::Trap(error_reason(&e))
+    }
+}
+
+/// One readable line for an error from wasmtime: the trap itself rather than
+/// the wasm backtrace that wraps it.
+fn error_reason(e: &wasmtime::Error) -> String {
+    match e.downcast_ref::<wasmtime::Trap>() {
+        Some(trap) => format!("wasm trap: {trap}"),
+        None => first_line(&format!("{e:#}")).to_string(),
     }
 }
 

@@ -257,22 +257,7 @@ impl PluginHost {
             .instantiate_pre(&component)
             .map_err(|e| compile_err(format!("{e:#}")))?;
         let pre = ProcessorPre::new(pre).map_err(|e| compile_err(format!("{e:#}")))?;
-        let plugin = Arc::new(Plugin {
-            name: spec.name.as_str().into(),
-            version: digest[..12].to_string(),
-            digest,
-            from_cache,
-            permits: Semaphore::new(spec.limits.instances),
-            spec,
-            pre,
-            _engine: self.engine.clone(),
-            idle: Mutex::new(Vec::new()),
-            calls: AtomicU64::new(0),
-            failures: AtomicU64::new(0),
-        });
-        let first = plugin.instantiate().await?;
-        plugin.release(first);
-        Ok(plugin)
+        Plugin::start(spec, digest, from_cache, pre, self.engine.clone()).await
     }
 }
 
@@ -379,15 +364,34 @@ impl Plugin {
             grants,
             ..self.spec.clone()
         };
+        Plugin::start(
+            spec,
+            self.digest.clone(),
+            self.from_cache,
+            self.pre.clone(),
+            self._engine.clone(),
+        )
+        .await
+    }
+
+    /// A plugin with a fresh pool, its first instance instantiated and
+    /// `init`ed, so a version that cannot serve is refused here.
+    async fn start(
+        spec: PluginSpec,
+        digest: String,
+        from_cache: bool,
+        pre: ProcessorPre<State>,
+        engine: SharedEngine,
+    ) -> Result<Arc<Plugin>, LoadError> {
         let plugin = Arc::new(Plugin {
-            name: self.name.clone(),
-            version: self.version.clone(),
-            digest: self.digest.clone(),
-            from_cache: self.from_cache,
+            name: spec.name.as_str().into(),
+            version: digest[..12.min(digest.len())].to_string(),
+            digest,
+            from_cache,
             permits: Semaphore::new(spec.limits.instances),
             spec,
-            pre: self.pre.clone(),
-            _engine: self._engine.clone(),
+            pre,
+            _engine: engine,
             idle: Mutex::new(Vec::new()),
             calls: AtomicU64::new(0),
             failures: AtomicU64::new(0),

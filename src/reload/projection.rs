@@ -229,7 +229,28 @@ pub async fn run(
     };
     let mut last_log = Instant::now();
     loop {
-        if *cancel.borrow_and_update() || *stopping.borrow_and_update() {
+        if *stopping.borrow_and_update() {
+            // Stopping: keep the generation and its cursor, to resume on restart.
+            return Ok(RebuildEnd::Cancelled);
+        }
+        if *cancel.borrow_and_update() {
+            // Superseded (a newer version, or back to the live one): this
+            // generation will never serve, so its state goes. A newer rebuild
+            // has already recorded itself in the meta record.
+            let mut meta = read_meta(&rt.store, &name).map_err(e)?;
+            let mut batch = WriteBatch {
+                drop_namespaces: vec![ns.clone()],
+                ..Default::default()
+            };
+            if meta
+                .rebuild
+                .as_ref()
+                .is_some_and(|r| r.generation == job.generation)
+            {
+                meta.rebuild = None;
+                batch.meta.push(meta_write(&name, &meta));
+            }
+            rt.store.write(batch).await.map_err(e)?;
             progress(offset, "cancelled", None);
             return Ok(RebuildEnd::Cancelled);
         }

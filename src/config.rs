@@ -36,6 +36,12 @@ pub const DEFAULT_TIMEOUT_MS: u64 = 1_000;
 pub const DEFAULT_MEMORY_MB: u64 = 128;
 /// Default pool size per plugin: one instance per event processed in parallel.
 pub const DEFAULT_INSTANCES: usize = 4;
+/// Default cap on outputs per call: fan-out past this is a runaway plugin,
+/// and every output is a row committed with the input's batch.
+pub const DEFAULT_MAX_OUTPUTS: usize = 1_000;
+/// Default cap on the total data bytes of one call's outputs: what one input
+/// may add to the log, so a plugin cannot flood the store.
+pub const DEFAULT_MAX_OUTPUT_BYTES: usize = 4 * 1024 * 1024;
 
 /// A configuration error, rendered as `file:line: key: reason`.
 #[derive(Debug, thiserror::Error)]
@@ -219,6 +225,12 @@ pub struct PluginConfig {
     /// Instances kept for parallel calls.
     #[serde(default = "default_instances")]
     pub instances: usize,
+    /// Outputs one call may emit; more dead-letters the event (`bad-output`).
+    #[serde(default = "default_max_outputs")]
+    pub max_outputs: usize,
+    /// Total data bytes of one call's outputs; more dead-letters the event.
+    #[serde(default = "default_max_output_bytes")]
+    pub max_output_bytes: usize,
     /// Granted host capabilities.
     #[serde(default = "default_caps")]
     pub capabilities: Vec<Capability>,
@@ -241,6 +253,12 @@ fn default_memory() -> u64 {
 }
 fn default_instances() -> usize {
     DEFAULT_INSTANCES
+}
+fn default_max_outputs() -> usize {
+    DEFAULT_MAX_OUTPUTS
+}
+fn default_max_output_bytes() -> usize {
+    DEFAULT_MAX_OUTPUT_BYTES
 }
 fn default_caps() -> Vec<Capability> {
     vec![Capability::Log, Capability::Clock]
@@ -269,6 +287,11 @@ pub struct RouteConfig {
     /// `direct`: answered once the sinks' brokers accepted the outputs.
     #[serde(default)]
     pub delivery: Delivery,
+    /// Topic globs the route's plugins may emit to; absent, any topic but
+    /// the reserved ones (ingest, dead-letter). Other outputs dead-letter the
+    /// event as `bad-output`.
+    #[serde(default)]
+    pub topics: Option<Vec<Spanned<String>>>,
 }
 
 impl Config {
@@ -435,6 +458,11 @@ impl Config {
             for (j, pat) in r.patterns.iter().enumerate() {
                 if let Err(reason) = crate::router::check_pattern(pat.get_ref()) {
                     return Err(at.error(Some(pat.span()), &format!("{key}.match[{j}]"), reason));
+                }
+            }
+            for (j, pat) in r.topics.iter().flatten().enumerate() {
+                if let Err(reason) = crate::router::check_pattern(pat.get_ref()) {
+                    return Err(at.error(Some(pat.span()), &format!("{key}.topics[{j}]"), reason));
                 }
             }
             if r.pipeline.is_empty() {

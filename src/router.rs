@@ -25,6 +25,8 @@ pub struct Route {
     /// Direct delivery: the route runs inside the ingest request (see
     /// `transport::ingest`), so the pipeline consumer skips it.
     pub direct: bool,
+    /// Topic globs its plugins may emit to; `None`, any non-reserved topic.
+    pub topics: Option<Vec<String>>,
 }
 
 impl Route {
@@ -32,6 +34,13 @@ impl Route {
         self.patterns
             .iter()
             .any(|p| glob_match::glob_match(p, event_type))
+    }
+
+    /// Whether the route's plugins may emit to `topic`.
+    pub fn allows_topic(&self, topic: &str) -> bool {
+        self.topics
+            .as_ref()
+            .is_none_or(|ts| ts.iter().any(|p| glob_match::glob_match(p, topic)))
     }
 }
 
@@ -108,7 +117,20 @@ mod tests {
             patterns: patterns.iter().map(|s| s.to_string()).collect(),
             stages: vec![],
             direct: false,
+            topics: None,
         }
+    }
+
+    #[test]
+    fn topic_allow_lists_take_globs_and_default_to_any() {
+        let mut r = route("r", &["*"]);
+        assert!(r.allows_topic("anything"));
+        r.topics = Some(vec!["prisoner.*".into(), "audit".into()]);
+        assert!(r.allows_topic("prisoner.moves"));
+        assert!(r.allows_topic("audit"));
+        assert!(!r.allows_topic("echo"));
+        r.topics = Some(vec![]);
+        assert!(!r.allows_topic("audit"));
     }
 
     #[test]

@@ -199,6 +199,10 @@ pub fn build_routes(config: &Config, stages: &BTreeMap<String, Stage>) -> RouteT
                 .filter_map(|s| stages.get(s.get_ref()).cloned())
                 .collect(),
             direct: r.delivery == crate::config::Delivery::Direct,
+            topics: r
+                .topics
+                .as_ref()
+                .map(|ts| ts.iter().map(|t| t.get_ref().clone()).collect()),
         })
         .collect();
     RouteTable::new(routes)

@@ -103,6 +103,8 @@ pub async fn test(args: TestArgs) -> Result<bool> {
             memory_bytes: usize::try_from(args.memory_mb.saturating_mul(1024 * 1024))
                 .unwrap_or(usize::MAX),
             instances: 1,
+            max_outputs: switchyard::config::DEFAULT_MAX_OUTPUTS,
+            max_output_bytes: switchyard::config::DEFAULT_MAX_OUTPUT_BYTES,
         },
         grants: args
             .capabilities

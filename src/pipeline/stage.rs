@@ -75,10 +75,19 @@ pub async fn run_route(
             let (outs, _attempts) = call_with_retries(plugin, &stage.namespace, ev, kv, policy)
                 .await
                 .map_err(|(e, attempts)| failure(plugin, si, e.kind(), e.to_string(), attempts))?;
+            check_volume(&outs, &plugin.spec().limits)
+                .map_err(|reason| failure(plugin, si, "bad-output", reason, 1))?;
             for (oi, mut out) in outs.into_iter().enumerate() {
                 fill_defaults(&mut out.event, ev, plugin, &route.name, si, oi);
                 check_output(&out.topic, &out.event, policy)
                     .map_err(|reason| failure(plugin, si, "bad-output", reason, 1))?;
+                if !route.allows_topic(&out.topic) {
+                    let reason = format!(
+                        "route {:?} does not allow output to topic {:?}",
+                        route.name, out.topic
+                    );
+                    return Err(failure(plugin, si, "bad-output", reason, 1));
+                }
                 next.push((out.topic, out.event));
             }
         }
@@ -162,6 +171,29 @@ fn fill_defaults(
         .insert(ATTR_PLUGIN.into(), plugin.name().into());
     out.attributes
         .insert(ATTR_PLUGIN_VERSION.into(), plugin.version().into());
+}
+
+/// The host's caps on what one call may emit: the output count and the
+/// total data bytes, so a runaway plugin cannot flood the log.
+fn check_volume(
+    outs: &[crate::plugin::Output],
+    limits: &crate::plugin::Limits,
+) -> Result<(), String> {
+    if outs.len() > limits.max_outputs {
+        return Err(format!(
+            "{} outputs for one event, more than max_outputs = {}",
+            outs.len(),
+            limits.max_outputs
+        ));
+    }
+    let bytes: usize = outs.iter().map(|o| o.event.data.len()).sum();
+    if bytes > limits.max_output_bytes {
+        return Err(format!(
+            "outputs of one event hold {bytes} data bytes, more than max_output_bytes = {}",
+            limits.max_output_bytes
+        ));
+    }
+    Ok(())
 }
 
 fn check_output(topic: &str, ev: &Event, policy: &StagePolicy) -> Result<(), String> {
@@ -265,5 +297,43 @@ mod tests {
                 .unwrap_err()
                 .contains("not JSON")
         );
+    }
+
+    #[test]
+    fn output_count_and_bytes_are_capped_per_call() {
+        let ev = Event {
+            id: "x".into(),
+            event_type: "t".into(),
+            version: "1".into(),
+            source: "s".into(),
+            key: None,
+            time: String::new(),
+            content_type: "application/json".into(),
+            data: "0123456789".into(),
+            attributes: Default::default(),
+            traceparent: None,
+        };
+        let outs: Vec<_> = (0..3)
+            .map(|_| crate::plugin::Output {
+                topic: "out".into(),
+                event: ev.clone(),
+            })
+            .collect();
+        let limits = |max_outputs, max_output_bytes| crate::plugin::Limits {
+            timeout: Duration::from_secs(1),
+            memory_bytes: 1,
+            instances: 1,
+            max_outputs,
+            max_output_bytes,
+        };
+        assert!(check_volume(&outs, &limits(3, 30)).is_ok());
+        let err = check_volume(&outs, &limits(2, 30)).unwrap_err();
+        assert!(
+            err.contains("3 outputs") && err.contains("max_outputs = 2"),
+            "{err}"
+        );
+        let err = check_volume(&outs, &limits(3, 29)).unwrap_err();
+        assert!(err.contains("30 data bytes"), "{err}");
+        assert!(check_volume(&[], &limits(0, 0)).is_ok());
     }
 }

@@ -36,6 +36,10 @@ pub struct Limits {
     pub memory_bytes: usize,
     /// Instances kept for parallel calls.
     pub instances: usize,
+    /// Outputs one call may emit.
+    pub max_outputs: usize,
+    /// Total data bytes of one call's outputs.
+    pub max_output_bytes: usize,
 }
 
 impl Limits {
@@ -113,6 +117,8 @@ mod tests {
             timeout: Duration::from_millis(ms),
             memory_bytes: 1,
             instances: 1,
+            max_outputs: 1,
+            max_output_bytes: 1,
         };
         assert_eq!(limits(500).init_timeout(), INIT_TIMEOUT);
         assert_eq!(limits(60_000).init_timeout(), Duration::from_secs(60));

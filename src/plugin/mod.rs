@@ -159,6 +159,8 @@ impl PluginSpec {
                 memory_bytes: usize::try_from(cfg.memory_mb.saturating_mul(1024 * 1024))
                     .unwrap_or(usize::MAX),
                 instances: cfg.instances,
+                max_outputs: cfg.max_outputs,
+                max_output_bytes: cfg.max_output_bytes,
             },
             grants: cfg.capabilities.clone(),
         }

@@ -304,7 +304,6 @@ pub async fn run(
         progress(offset, "running", None);
         // Let the live consumer and requests run between replay batches.
         tokio::task::yield_now().await;
-        let _ = cancel.has_changed();
     }
 }
 

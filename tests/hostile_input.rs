@@ -77,7 +77,7 @@ fn hostile_requests_get_their_status_and_reason_and_nothing_moves() {
         ("nesting bomb in a cloudevent", ce_ct,
             format!("{{\"data\":{}}}", "{\"a\":".repeat(100)).into_bytes(), 400, "deeper than 32"),
         ("wrong content type", "text/plain", good.to_string().into_bytes(), 415, "text/plain"),
-        ("no content type", "", good.to_string().into_bytes(), 415, "content type"),
+        ("no content type", "", good.to_string().into_bytes(), 415, "content-type header required"),
     ];
     // Invalid UTF-8 inside a string value.
     let mut not_utf8 = good.to_string().into_bytes();

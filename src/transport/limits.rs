@@ -7,9 +7,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::{Body, Bytes};
+use bytes::BytesMut;
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::Response;
-use http_body_util::{BodyExt, LengthLimitError, Limited};
+use http_body_util::BodyExt;
 use serde_json::json;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
@@ -62,36 +63,58 @@ impl IngestLimits {
         })
     }
 
-    /// Reads the whole body within the size limit and the time limit.
-    pub async fn read_body(&self, headers: &HeaderMap, body: Body) -> Result<Bytes, Response> {
+    /// Reads the whole body within the size limit and the time limit. A
+    /// body over the limit is read to its end and dropped (never held), so
+    /// that the client, still sending, gets the `413` rather than a reset
+    /// connection; the time limit bounds that too.
+    pub async fn read_body(&self, headers: &HeaderMap, mut body: Body) -> Result<Bytes, Response> {
         let declared = headers
             .get(axum::http::header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok());
-        if declared.is_some_and(|n| n > self.max_body_bytes as u64) {
-            return Err(self.too_large());
-        }
-        let limited = Limited::new(body, self.max_body_bytes);
-        match tokio::time::timeout(self.body_timeout, limited.collect()).await {
-            Ok(Ok(collected)) => Ok(collected.to_bytes()),
-            Ok(Err(e)) if e.downcast_ref::<LengthLimitError>().is_some() => Err(self.too_large()),
-            Ok(Err(e)) => Err(error(
-                StatusCode::BAD_REQUEST,
-                "cannot read request body",
-                json!([{ "field": "body", "reason": e.to_string() }]),
-            )),
-            Err(_) => {
-                let ms = self.body_timeout.as_millis();
-                tracing::warn!(timeout_ms = ms as u64, "request body not received in time");
-                Err(error(
-                    StatusCode::REQUEST_TIMEOUT,
-                    "request body not received in time",
-                    json!([{ "field": "body", "reason": format!(
-                        "the whole body must arrive within {ms} ms (server.request_timeout_ms)"
-                    ) }]),
-                ))
+        let mut over = declared.is_some_and(|n| n > self.max_body_bytes as u64);
+        let mut kept = BytesMut::new();
+        let deadline = tokio::time::Instant::now() + self.body_timeout;
+        loop {
+            match tokio::time::timeout_at(deadline, body.frame()).await {
+                Ok(None) => break,
+                Ok(Some(Ok(frame))) => {
+                    let Ok(data) = frame.into_data() else { continue };
+                    if over {
+                        continue;
+                    }
+                    if kept.len() + data.len() > self.max_body_bytes {
+                        over = true;
+                        kept = BytesMut::new();
+                    } else {
+                        kept.extend_from_slice(&data);
+                    }
+                }
+                Ok(Some(Err(e))) => {
+                    return Err(error(
+                        StatusCode::BAD_REQUEST,
+                        "cannot read request body",
+                        json!([{ "field": "body", "reason": e.to_string() }]),
+                    ));
+                }
+                Err(_) if over => return Err(self.too_large()),
+                Err(_) => {
+                    let ms = self.body_timeout.as_millis();
+                    tracing::warn!(timeout_ms = ms as u64, "request body not received in time");
+                    return Err(error(
+                        StatusCode::REQUEST_TIMEOUT,
+                        "request body not received in time",
+                        json!([{ "field": "body", "reason": format!(
+                            "the whole body must arrive within {ms} ms (server.request_timeout_ms)"
+                        ) }]),
+                    ));
+                }
             }
         }
+        if over {
+            return Err(self.too_large());
+        }
+        Ok(kept.freeze())
     }
 
     /// Refuses a JSON body nested deeper than the limit, before any parser

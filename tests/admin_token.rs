@@ -124,12 +124,8 @@ fn with_a_token_mutating_admin_requests_need_it_even_on_loopback() {
     // Reads and ingest need no token.
     let (status, _) = router.get("/v1/plugins");
     assert_eq!(status, 200);
-    let (status, body) = router.post_json(&hmpps(
-        RECEIVED,
-        "A1234BC",
-        "MDI",
-        "2024-06-11T14:41:22Z",
-    ));
+    let (status, body) =
+        router.post_json(&hmpps(RECEIVED, "A1234BC", "MDI", "2024-06-11T14:41:22Z"));
     assert_eq!(status, 202, "{body}");
     router.wait_for("prisoner-state", 1);
 
@@ -155,5 +151,8 @@ fn with_a_token_mutating_admin_requests_need_it_even_on_loopback() {
         "{stdout}{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(stdout.contains("rebuilding prisoner-projection"), "{stdout}");
+    assert!(
+        stdout.contains("rebuilding prisoner-projection"),
+        "{stdout}"
+    );
 }

@@ -105,7 +105,12 @@ fn a_saturated_router_answers_503_with_retry_after_and_loses_nothing() {
     let addr = router.base.trim_start_matches("http://").to_string();
     let agent = agent();
     let event = |n: usize| {
-        let mut ev = hmpps(RECEIVED, &format!("A{n:04}AA"), "MDI", "2024-06-11T14:41:22Z");
+        let mut ev = hmpps(
+            RECEIVED,
+            &format!("A{n:04}AA"),
+            "MDI",
+            "2024-06-11T14:41:22Z",
+        );
         ev["additionalInformation"]["n"] = json!(n);
         ev
     };
@@ -114,7 +119,9 @@ fn a_saturated_router_answers_503_with_retry_after_and_loses_nothing() {
     // refused, not queued. Requests accepted before the slots were all
     // taken count as accepted.
     let mut accepted: BTreeSet<String> = BTreeSet::new();
-    let mut held: Vec<Held> = (0..SLOTS).map(|i| hold(&addr, &event(90_000 + i))).collect();
+    let mut held: Vec<Held> = (0..SLOTS)
+        .map(|i| hold(&addr, &event(90_000 + i)))
+        .collect();
     let start = Instant::now();
     let retry_after = loop {
         match post(&agent, &router.base, &event(accepted.len())) {
@@ -197,5 +204,8 @@ fn a_saturated_router_answers_503_with_retry_after_and_loses_nothing() {
         .collect();
     let unique: BTreeSet<String> = logged.iter().cloned().collect();
     assert_eq!(unique.len(), logged.len(), "an event was appended twice");
-    assert_eq!(unique, accepted, "the log holds exactly the accepted events");
+    assert_eq!(
+        unique, accepted,
+        "the log holds exactly the accepted events"
+    );
 }

@@ -41,6 +41,9 @@ fn offsets(router: &Router) -> Vec<(String, u64)> {
         .collect()
 }
 
+/// A change that makes an event violate its schema.
+type Change = Box<dyn Fn(&mut Value)>;
+
 fn ce(good: &Value) -> Value {
     json!({
         "specversion": "1.0", "id": "ce-1", "source": "urn:test",
@@ -69,15 +72,50 @@ fn hostile_requests_get_their_status_and_reason_and_nothing_moves() {
     let json_ct = "application/json";
     let ce_ct = "application/cloudevents+json";
     let mut cases: Vec<(&str, &str, Vec<u8>, u16, &str)> = vec![
-        ("malformed json", json_ct, b"{\"eventType\" 1}".to_vec(), 400, "invalid json"),
-        ("truncated json", json_ct, good.to_string().as_bytes()[..40].to_vec(), 400, "eof"),
+        (
+            "malformed json",
+            json_ct,
+            b"{\"eventType\" 1}".to_vec(),
+            400,
+            "invalid json",
+        ),
+        (
+            "truncated json",
+            json_ct,
+            good.to_string().as_bytes()[..40].to_vec(),
+            400,
+            "eof",
+        ),
         ("empty body", json_ct, Vec::new(), 400, "invalid json"),
         ("10 MiB body", json_ct, vec![b' '; 10 << 20], 413, "1048576"),
-        ("nesting bomb", json_ct, "[".repeat(1 << 20).into_bytes(), 400, "max_json_depth"),
-        ("nesting bomb in a cloudevent", ce_ct,
-            format!("{{\"data\":{}}}", "{\"a\":".repeat(100)).into_bytes(), 400, "deeper than 32"),
-        ("wrong content type", "text/plain", good.to_string().into_bytes(), 415, "text/plain"),
-        ("no content type", "", good.to_string().into_bytes(), 415, "content-type header required"),
+        (
+            "nesting bomb",
+            json_ct,
+            "[".repeat(1 << 20).into_bytes(),
+            400,
+            "max_json_depth",
+        ),
+        (
+            "nesting bomb in a cloudevent",
+            ce_ct,
+            format!("{{\"data\":{}}}", "{\"a\":".repeat(100)).into_bytes(),
+            400,
+            "deeper than 32",
+        ),
+        (
+            "wrong content type",
+            "text/plain",
+            good.to_string().into_bytes(),
+            415,
+            "text/plain",
+        ),
+        (
+            "no content type",
+            "",
+            good.to_string().into_bytes(),
+            415,
+            "content-type header required",
+        ),
     ];
     // Invalid UTF-8 inside a string value.
     let mut not_utf8 = good.to_string().into_bytes();
@@ -89,20 +127,54 @@ fn hostile_requests_get_their_status_and_reason_and_nothing_moves() {
         let (status, answer) = router.post(ct, body, &[]);
         assert_eq!(status, *want, "{what}: {answer}");
         assert!(
-            reason(&answer).to_lowercase().contains(&says.to_lowercase()),
+            reason(&answer)
+                .to_lowercase()
+                .contains(&says.to_lowercase()),
             "{what}: reason should mention {says:?}: {answer}"
         );
     }
 
     // Each schema violation, named by its JSON pointer.
-    let violations: Vec<(&str, Box<dyn Fn(&mut Value)>, &str)> = vec![
-        ("version not an integer", Box::new(|e| e["version"] = json!("one")), "/version"),
-        ("occurredAt without offset", Box::new(|e| e["occurredAt"] = json!("2024-06-11T14:41:22")), "/occurredAt"),
-        ("occurredAt not a date", Box::new(|e| e["occurredAt"] = json!("yesterday")), "/occurredAt"),
-        ("detailUrl null", Box::new(|e| e["detailUrl"] = Value::Null), "/detailUrl"),
-        ("eventType missing", Box::new(|e| { e.as_object_mut().unwrap().remove("eventType"); }), "eventType"),
-        ("identifiers not a list", Box::new(|e| e["personReference"]["identifiers"] = json!("A1")), "/personReference/identifiers"),
-        ("received without NOMS", Box::new(|e| e["personReference"]["identifiers"] = json!([{"type": "CRN", "value": "X1"}])), "/personReference"),
+    let violations: Vec<(&str, Change, &str)> = vec![
+        (
+            "version not an integer",
+            Box::new(|e| e["version"] = json!("one")),
+            "/version",
+        ),
+        (
+            "occurredAt without offset",
+            Box::new(|e| e["occurredAt"] = json!("2024-06-11T14:41:22")),
+            "/occurredAt",
+        ),
+        (
+            "occurredAt not a date",
+            Box::new(|e| e["occurredAt"] = json!("yesterday")),
+            "/occurredAt",
+        ),
+        (
+            "detailUrl null",
+            Box::new(|e| e["detailUrl"] = Value::Null),
+            "/detailUrl",
+        ),
+        (
+            "eventType missing",
+            Box::new(|e| {
+                e.as_object_mut().unwrap().remove("eventType");
+            }),
+            "eventType",
+        ),
+        (
+            "identifiers not a list",
+            Box::new(|e| e["personReference"]["identifiers"] = json!("A1")),
+            "/personReference/identifiers",
+        ),
+        (
+            "received without NOMS",
+            Box::new(|e| {
+                e["personReference"]["identifiers"] = json!([{"type": "CRN", "value": "X1"}])
+            }),
+            "/personReference",
+        ),
     ];
     for (what, change, pointer) in &violations {
         let mut ev = good.clone();

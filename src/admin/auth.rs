@@ -56,11 +56,7 @@ fn needs_token(method: &Method, path: &str) -> bool {
 }
 
 /// Middleware: `401` for a mutating admin request without the right token.
-pub async fn require_admin(
-    State(token): State<AdminToken>,
-    req: Request,
-    next: Next,
-) -> Response {
+pub async fn require_admin(State(token): State<AdminToken>, req: Request, next: Next) -> Response {
     if token.0.is_none() || !needs_token(req.method(), req.uri().path()) {
         return next.run(req).await;
     }

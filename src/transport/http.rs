@@ -52,18 +52,18 @@ async fn post_events(
     // Held until the answer: bounds bodies in memory and queued writes.
     let _slot = match limits.admit() {
         Ok(slot) => slot,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let body = match limits.read_body(&headers, body).await {
         Ok(b) => b,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let json_body = headers
         .get(axum::http::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.to_ascii_lowercase().contains("json"));
     if json_body && let Err(r) = limits.check_depth(&body) {
-        return r;
+        return *r;
     }
     let decoded = match decode_http(&headers, &body, &rt.ingest) {
         Ok(d) => d,

@@ -7,9 +7,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::{Body, Bytes};
-use bytes::BytesMut;
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::Response;
+use bytes::BytesMut;
 use http_body_util::BodyExt;
 use serde_json::json;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -19,6 +19,9 @@ use crate::config::ServerConfig;
 
 /// Seconds a saturated router asks clients to wait before they retry.
 const RETRY_AFTER_S: &str = "1";
+
+/// A refusal, ready to send (boxed: a `Response` is large for an `Err`).
+pub type Refusal = Box<Response>;
 
 /// The limits of `[server]` and the in-flight slots of the ingest route.
 pub struct IngestLimits {
@@ -44,7 +47,7 @@ impl IngestLimits {
 
     /// A slot for one request, or `503` with `Retry-After` when all are taken:
     /// back-pressure instead of an unbounded queue.
-    pub fn admit(&self) -> Result<OwnedSemaphorePermit, Response> {
+    pub fn admit(&self) -> Result<OwnedSemaphorePermit, Refusal> {
         self.permits.clone().try_acquire_owned().map_err(|_| {
             tracing::warn!(
                 max_in_flight = self.max_in_flight,
@@ -59,7 +62,7 @@ impl IngestLimits {
                 ) }]),
             );
             retry_after(&mut r);
-            r
+            Box::new(r)
         })
     }
 
@@ -67,7 +70,7 @@ impl IngestLimits {
     /// body over the limit is read to its end and dropped (never held), so
     /// that the client, still sending, gets the `413` rather than a reset
     /// connection; the time limit bounds that too.
-    pub async fn read_body(&self, headers: &HeaderMap, mut body: Body) -> Result<Bytes, Response> {
+    pub async fn read_body(&self, headers: &HeaderMap, mut body: Body) -> Result<Bytes, Refusal> {
         let declared = headers
             .get(axum::http::header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
@@ -79,7 +82,9 @@ impl IngestLimits {
             match tokio::time::timeout_at(deadline, body.frame()).await {
                 Ok(None) => break,
                 Ok(Some(Ok(frame))) => {
-                    let Ok(data) = frame.into_data() else { continue };
+                    let Ok(data) = frame.into_data() else {
+                        continue;
+                    };
                     if over {
                         continue;
                     }
@@ -91,23 +96,23 @@ impl IngestLimits {
                     }
                 }
                 Ok(Some(Err(e))) => {
-                    return Err(error(
+                    return Err(Box::new(error(
                         StatusCode::BAD_REQUEST,
                         "cannot read request body",
                         json!([{ "field": "body", "reason": e.to_string() }]),
-                    ));
+                    )));
                 }
                 Err(_) if over => return Err(self.too_large()),
                 Err(_) => {
                     let ms = self.body_timeout.as_millis();
                     tracing::warn!(timeout_ms = ms as u64, "request body not received in time");
-                    return Err(error(
+                    return Err(Box::new(error(
                         StatusCode::REQUEST_TIMEOUT,
                         "request body not received in time",
                         json!([{ "field": "body", "reason": format!(
                             "the whole body must arrive within {ms} ms (server.request_timeout_ms)"
                         ) }]),
-                    ));
+                    )));
                 }
             }
         }
@@ -119,26 +124,26 @@ impl IngestLimits {
 
     /// Refuses a JSON body nested deeper than the limit, before any parser
     /// recurses into it.
-    pub fn check_depth(&self, body: &[u8]) -> Result<(), Response> {
+    pub fn check_depth(&self, body: &[u8]) -> Result<(), Refusal> {
         json_depth_within(body, self.max_json_depth).map_err(|at| {
-            error(
+            Box::new(error(
                 StatusCode::BAD_REQUEST,
                 "malformed event",
                 json!([{ "field": "body", "reason": format!(
                     "json nests deeper than {} levels (at byte {at}; server.max_json_depth)",
                     self.max_json_depth
                 ) }]),
-            )
+            ))
         })
     }
 
-    fn too_large(&self) -> Response {
+    fn too_large(&self) -> Refusal {
         let limit = self.max_body_bytes;
-        error(
+        Box::new(error(
             StatusCode::PAYLOAD_TOO_LARGE,
             "request body too large",
             json!([{ "field": "body", "reason": format!("the limit is {limit} bytes") }]),
-        )
+        ))
     }
 }
 

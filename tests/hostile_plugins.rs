@@ -1,9 +1,10 @@
 //! Plugins that attack the sandbox (the `hostile` test plugin, a real Wasm
-//! component): stack overflow, a panic on every 10th event, 100,000 outputs
+//! component): an infinite loop, a 1 GiB allocation, stack overflow, a
+//! panic on every 10th event, 100,000 outputs
 //! for one input, output to a topic its route does not allow, opening files
 //! and a socket. For each: the event is dead-lettered with the right reason,
 //! good events posted alongside still flow, and `GET /v1/plugins` shows the
-//! failure. (An infinite loop and a 1 GiB allocation are in `dead_letter.rs`.)
+//! failure.
 
 mod common;
 
@@ -17,6 +18,8 @@ fn hostile_config() -> String {
     let mut text = String::new();
     // One plugin entry (own instances and counters) and route per attack.
     for mode in [
+        "spin",
+        "alloc",
         "recurse",
         "every-10th",
         "flood",
@@ -29,7 +32,8 @@ fn hostile_config() -> String {
             r#"
 [plugins.{name}]
 path = "{p}"
-timeout_ms = 2000
+timeout_ms = {timeout}
+memory_mb = 64
 instances = 1
 
 [[routes]]
@@ -38,7 +42,10 @@ match = ["hostile.{mode}"]
 pipeline = ["{name}"]
 topics = ["echo", "leak"]
 "#,
-            p = p.display()
+            p = p.display(),
+            // The loop must be stopped soon; the others get time to fail
+            // on their own even on a busy machine.
+            timeout = if mode == "spin" { 200 } else { 5000 },
         ));
     }
     text.push_str(&format!(
@@ -92,7 +99,14 @@ fn hostile_plugins_are_contained_and_reported() {
         body["id"].as_str().unwrap().to_string()
     };
     let mut ids = std::collections::BTreeMap::new();
-    for mode in ["recurse", "flood", "forbidden", "open-file"] {
+    for mode in [
+        "spin",
+        "alloc",
+        "recurse",
+        "flood",
+        "forbidden",
+        "open-file",
+    ] {
         ids.insert(mode, post(&event(&format!("hostile.{mode}"), 0)));
         post(&event(RECEIVED, good));
         good += 1;
@@ -120,8 +134,8 @@ fn hostile_plugins_are_contained_and_reported() {
         "good events must flow beside hostile ones"
     );
 
-    let dead = router.wait_for("dead-letter", 5 + 2);
-    assert_eq!(dead.len(), 7, "{dead:#?}");
+    let dead = router.wait_for("dead-letter", 7 + 2);
+    assert_eq!(dead.len(), 9, "{dead:#?}");
     let reason = |mode: &str| {
         let d = dead_letter_of(&dead, &ids[mode]);
         assert_eq!(d["plugin"], format!("h-{mode}"));
@@ -130,6 +144,13 @@ fn hostile_plugins_are_contained_and_reported() {
             d["error"].as_str().unwrap().to_string(),
         )
     };
+
+    let (r, e) = reason("spin");
+    assert_eq!(r, "timeout", "{e}");
+    assert!(e.contains("deadline of 200ms"), "{e}");
+
+    let (r, e) = reason("alloc");
+    assert_eq!(r, "memory-limit", "{e}");
 
     let (r, e) = reason("recurse");
     assert_eq!(r, "trap", "{e}");
@@ -197,6 +218,8 @@ fn hostile_plugins_are_contained_and_reported() {
 
     // `GET /v1/plugins` shows each failure: errors counted, the last one.
     for (mode, reason, errors) in [
+        ("spin", "timeout", 1),
+        ("alloc", "memory-limit", 1),
         ("recurse", "trap", 1),
         ("flood", "bad-output", 1),
         ("forbidden", "bad-output", 1),

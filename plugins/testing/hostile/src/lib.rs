@@ -4,6 +4,8 @@
 //!
 //! | mode           | attack                                                      |
 //! |----------------|-------------------------------------------------------------|
+//! | `spin`         | loops forever (the host's deadline must stop it)            |
+//! | `alloc`        | allocates and touches 1 GiB (the memory cap must stop it)   |
 //! | `recurse`      | unbounded recursion: the guest's stack overflows (a trap)   |
 //! | `every-10th`   | panics on every 10th event this instance handles            |
 //! | `flood`        | returns 100,000 outputs for one input                       |
@@ -22,6 +24,9 @@ use serde_json::{Value, json};
 use switchyard_plugin::{Event, Failure, Output, Plugin};
 
 const FLOOD: usize = 100_000;
+const GIB: usize = 1 << 30;
+/// Grown step by step, the way a leaking plugin's memory grows.
+const CHUNK: usize = 16 << 20;
 
 /// Events this instance has handled (a fresh instance starts again at 0).
 static SEEN: AtomicU64 = AtomicU64::new(0);
@@ -34,9 +39,34 @@ fn echo(ev: &Event) -> Output {
 
 /// Recurses until the stack is exhausted; the frame's buffer makes each
 /// level use real stack so the overflow comes quickly.
+#[allow(unconditional_recursion)] // the point: it never returns
 fn recurse(depth: u64) -> u64 {
     let frame = black_box([depth as u8; 512]);
     recurse(black_box(depth + 1)) + frame[(depth % 512) as usize] as u64
+}
+
+/// Never returns; `black_box` keeps the optimiser from removing the loop.
+fn spin() -> ! {
+    let mut n: u64 = 0;
+    loop {
+        n = black_box(n.wrapping_add(1));
+    }
+}
+
+/// Allocates 1 GiB and writes to every page of it; under a memory cap the
+/// allocator aborts (a trap) long before.
+fn allocate_a_gib(ev: &Event) -> Result<Vec<Output>, Failure> {
+    let mut chunks: Vec<Vec<u8>> = Vec::new();
+    let mut total = 0;
+    while total < GIB {
+        let mut chunk = vec![0u8; CHUNK];
+        for page in chunk.chunks_mut(64 << 10) {
+            page[0] = black_box(1);
+        }
+        total += chunk.len();
+        chunks.push(black_box(chunk));
+    }
+    leak(ev, format!("allocated {total} bytes"))
 }
 
 fn leak(ev: &Event, what: String) -> Result<Vec<Output>, Failure> {
@@ -79,6 +109,8 @@ impl Plugin for Hostile {
         let seen = SEEN.fetch_add(1, Ordering::Relaxed) + 1;
         let mode = ev.type_.strip_prefix("hostile.").unwrap_or_default();
         match mode {
+            "spin" => spin(),
+            "alloc" => allocate_a_gib(&ev),
             "recurse" => {
                 let n = recurse(0);
                 Err(Failure::bad_event(format!("recursion returned {n}")))

@@ -70,7 +70,11 @@ fn allocate_a_gib(ev: &Event) -> Result<Vec<Output>, Failure> {
 }
 
 fn leak(ev: &Event, what: String) -> Result<Vec<Output>, Failure> {
-    Ok(vec![Output::new("leak", ev.type_.clone(), &json!({ "leaked": what }))])
+    Ok(vec![Output::new(
+        "leak",
+        ev.type_.clone(),
+        &json!({ "leaked": what }),
+    )])
 }
 
 fn open_file(ev: &Event) -> Result<Vec<Output>, Failure> {
@@ -85,7 +89,10 @@ fn open_file(ev: &Event) -> Result<Vec<Output>, Failure> {
         Ok(entries) => return leak(ev, format!("listed /: {} entries", entries.count())),
         Err(e) => held.push(format!("read_dir /: {e}")),
     }
-    Err(Failure::bad_event(format!("sandbox held: {}", held.join("; "))))
+    Err(Failure::bad_event(format!(
+        "sandbox held: {}",
+        held.join("; ")
+    )))
 }
 
 fn open_socket(ev: &Event) -> Result<Vec<Output>, Failure> {

@@ -11,7 +11,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")"
 
 TARGET=wasm32-wasip2
 # Crate names of the plugins; each becomes dist/<name>.wasm.
-COMPONENTS=(prisoner-projection domain-fanout chaos future-contract versioned counter-projection)
+COMPONENTS=(prisoner-projection domain-fanout chaos hostile future-contract versioned counter-projection)
 # Extra builds of test plugins with features: "<crate> <feature> <dist name>".
 VARIANTS=(
     "versioned v2 versioned-v2"

@@ -9,10 +9,10 @@
 //! step (`switchyard validate` does both).
 
 mod aws;
+mod server;
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
@@ -24,10 +24,11 @@ pub use aws::{
     AwsConfig, Delivery, MAX_BATCH_ENTRIES, MessageFormat, SinkConfig, SinksConfig, SourcesConfig,
     SqsSourceConfig, SubscriptionConfig, check_resource_name, queue_name,
 };
+pub use server::{
+    ADMIN_TOKEN_ENV, DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_IN_FLIGHT, DEFAULT_MAX_JSON_DEPTH,
+    DEFAULT_REQUEST_TIMEOUT_MS, ExposureError, ServerConfig,
+};
 
-/// Default body limit for one ingest request: large enough for a batch of a
-/// few hundred HMPPS events, small enough that one client cannot exhaust memory.
-pub const DEFAULT_MAX_BODY_BYTES: usize = 1024 * 1024;
 /// Default per-call deadline: a transform that takes longer than this on one
 /// event is broken or hostile, and it holds an ordering key hostage meanwhile.
 pub const DEFAULT_TIMEOUT_MS: u64 = 1_000;
@@ -100,24 +101,6 @@ pub struct Config {
     /// The file this was read from (absolute), for error messages and reload.
     #[serde(skip)]
     pub file: PathBuf,
-}
-
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct ServerConfig {
-    /// Address of the HTTP listener (ingest, read API, admin).
-    pub listen: SocketAddr,
-    /// Largest accepted request body, in bytes (413 above it).
-    pub max_body_bytes: usize,
-}
-
-impl Default for ServerConfig {
-    fn default() -> Self {
-        Self {
-            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
-            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
-        }
-    }
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -493,6 +476,7 @@ impl Config {
                 }
             }
         }
+        server::validate(self, at)?;
         aws::validate(self, at)?;
         aws::validate_routes(self, at)?;
         Ok(())

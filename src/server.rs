@@ -15,11 +15,17 @@ use tokio::sync::watch;
 use crate::pipeline::Pipeline;
 use crate::runtime::Runtime;
 
-/// The whole HTTP surface of a router.
+/// The whole HTTP surface of a router; mutating admin requests need the
+/// admin token when one is set.
 pub fn app(rt: Arc<Runtime>) -> axum::Router {
+    let token = crate::admin::AdminToken::new(rt.config.server.admin_token.as_deref());
     crate::transport::http::routes(rt.clone())
         .merge(crate::transport::aws::routes(rt.clone()))
         .merge(crate::admin::routes(rt))
+        .layer(axum::middleware::from_fn_with_state(
+            token,
+            crate::admin::require_admin,
+        ))
 }
 
 /// Serves `rt` on `listener` until `shutdown` becomes true.
@@ -28,6 +34,11 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: watch::Receiver<bool>,
 ) -> std::io::Result<()> {
+    // The listener may differ from `server.listen` (a flag, port 0): check
+    // what is actually bound.
+    let mut bound = rt.config.server.clone();
+    bound.listen = listener.local_addr()?;
+    bound.check_exposure().map_err(std::io::Error::other)?;
     let pipeline = Pipeline::new(
         rt.store.clone(),
         rt.routes.clone(),

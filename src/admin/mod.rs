@@ -1,5 +1,6 @@
 //! The read and admin API: topics, their events (page by page and live over
-//! Server-Sent Events), and health.
+//! Server-Sent Events), and health; `auth.rs` guards the mutating endpoints
+//! with the admin token.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -15,7 +16,10 @@ use futures::{Stream, StreamExt};
 use serde::Deserialize;
 use serde_json::json;
 
+mod auth;
 mod plugins;
+
+pub use auth::{AdminToken, require_admin};
 
 use crate::config::check_topic_name;
 use crate::envelope::to_cloudevent_json;

@@ -37,6 +37,7 @@ pub async fn list(State(rt): State<Arc<Runtime>>) -> Json<serde_json::Value> {
                 "loadedAt": status.loaded_at,
                 "calls": calls,
                 "errors": errors,
+                "lastError": p.last_error(),
                 "lastReload": status.history.last(),
                 "reloads": status.history,
                 "rebuild": status.rebuild,

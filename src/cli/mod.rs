@@ -76,6 +76,9 @@ enum Command {
         /// Wait until the rebuild has finished, printing progress.
         #[arg(long)]
         wait: bool,
+        /// The router's admin token (`server.admin_token`), sent as a bearer token.
+        #[arg(long, env = "SWITCHYARD_ADMIN_TOKEN", hide_env_values = true)]
+        token: Option<String>,
     },
     /// Plugin development.
     Plugin {
@@ -217,7 +220,8 @@ fn run(command: Command) -> Result<ExitCode> {
             projection,
             url,
             wait,
-        } => ok(replay::replay(&url, &projection, wait)),
+            token,
+        } => ok(replay::replay(&url, &projection, wait, token.as_deref())),
         Command::Aws {
             command: AwsCommand::Setup { config },
         } => ok(rt.block_on(aws_setup(&config))),
@@ -266,6 +270,11 @@ async fn run_router(
     if let Some(addr) = listen {
         cfg.server.listen = addr;
     }
+    let env_token = std::env::var(switchyard::config::ADMIN_TOKEN_ENV).ok();
+    cfg.server = cfg.server.with_env_token(env_token);
+    // Before the slow start (plugins compile): an exposed router without a
+    // token must not come up at all.
+    cfg.server.check_exposure()?;
     let addr = cfg.server.listen;
     let rt: Arc<Runtime> = Runtime::start(cfg, data_dir).await?;
     let listener = tokio::net::TcpListener::bind(addr)

@@ -9,14 +9,17 @@ use serde_json::Value;
 /// How long `--wait` follows a rebuild before giving up.
 const WAIT_LIMIT: Duration = Duration::from_secs(6 * 3600);
 
-pub fn replay(url: &str, projection: &str, wait: bool) -> Result<()> {
+pub fn replay(url: &str, projection: &str, wait: bool, token: Option<&str>) -> Result<()> {
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .http_status_as_error(false)
         .build()
         .into();
     let base = url.trim_end_matches('/');
-    let mut resp = agent
-        .post(&format!("{base}/v1/plugins/{projection}/rebuild"))
+    let mut req = agent.post(&format!("{base}/v1/plugins/{projection}/rebuild"));
+    if let Some(t) = token {
+        req = req.header("authorization", &format!("Bearer {t}"));
+    }
+    let mut resp = req
         .send_empty()
         .with_context(|| format!("cannot reach the router at {base}"))?;
     let body: Value = serde_json::from_str(&resp.body_mut().read_to_string()?).unwrap_or_default();
@@ -24,7 +27,10 @@ pub fn replay(url: &str, projection: &str, wait: bool) -> Result<()> {
         bail!(
             "rebuild of {projection} refused ({}): {}",
             resp.status(),
-            body["reason"].as_str().unwrap_or("no reason given")
+            body["reason"]
+                .as_str()
+                .or(body["details"][0]["reason"].as_str())
+                .unwrap_or("no reason given")
         );
     }
     let generation = body["generation"].as_u64();

@@ -103,6 +103,9 @@ fn failure(
     error: String,
     attempts: u32,
 ) -> StageFailure {
+    if kind == "bad-output" {
+        plugin.note_bad_output(&error);
+    }
     StageFailure {
         kind: kind.to_string(),
         error,

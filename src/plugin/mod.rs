@@ -310,6 +310,19 @@ pub struct Plugin {
     permits: Semaphore,
     calls: AtomicU64,
     failures: AtomicU64,
+    /// The most recent failure, so an operator sees why without reading
+    /// the dead-letter topic.
+    last_error: Mutex<Option<LastError>>,
+}
+
+/// A plugin's most recent failure, as `GET /v1/plugins` shows it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct LastError {
+    /// The dead-letter reason (`trap`, `timeout`, `bad-output`, ...).
+    pub reason: String,
+    pub error: String,
+    /// RFC 3339.
+    pub at: String,
 }
 
 impl std::fmt::Debug for Plugin {
@@ -351,6 +364,31 @@ impl Plugin {
             self.calls.load(Ordering::Relaxed),
             self.failures.load(Ordering::Relaxed),
         )
+    }
+
+    /// The most recent failure since load, if any.
+    pub fn last_error(&self) -> Option<LastError> {
+        self.last_error
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Records a failure the host found in what the call returned (an output
+    /// past a cap or to a topic the route does not allow): it counts as a
+    /// failed call like a trap does.
+    pub fn note_bad_output(&self, error: &str) {
+        self.failures.fetch_add(1, Ordering::Relaxed);
+        self.remember("bad-output", error);
+    }
+
+    fn remember(&self, reason: &str, error: &str) {
+        let last = LastError {
+            reason: reason.to_string(),
+            error: error.to_string(),
+            at: chrono::Utc::now().to_rfc3339(),
+        };
+        *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(last);
     }
 
     /// The same compiled component with another `init` config and grants:
@@ -397,6 +435,7 @@ impl Plugin {
             idle: Mutex::new(Vec::new()),
             calls: AtomicU64::new(0),
             failures: AtomicU64::new(0),
+            last_error: Mutex::new(None),
         });
         let first = plugin.instantiate().await?;
         plugin.release(first);
@@ -459,8 +498,9 @@ impl Plugin {
     ) -> Result<Vec<Output>, CallError> {
         self.calls.fetch_add(1, Ordering::Relaxed);
         let r = self.call(ev, kv).await;
-        if r.is_err() {
+        if let Err(e) = &r {
             self.failures.fetch_add(1, Ordering::Relaxed);
+            self.remember(e.kind(), &e.to_string());
         }
         r
     }

@@ -2,33 +2,41 @@
 //!
 //! Answers `202` only after every event of the request is durable; `400` with
 //! the field and reason for anything malformed or invalid, `415` for a content
-//! type it does not understand, `413` above the body limit, `422` for an event
-//! type no route takes or that a direct-delivery route's plugin refuses, and
-//! `503` with details when the store cannot write or (direct delivery) the
-//! broker did not accept the outputs.
+//! type it does not understand, `413` above the body limit, `408` when the
+//! body does not arrive in time, `422` for an event type no route takes or
+//! that a direct-delivery route's plugin refuses, and `503` with
+//! `Retry-After` when too many requests are in flight, the store cannot write
+//! or (direct delivery) the broker did not accept the outputs.
 
 use std::sync::Arc;
 
 use axum::Json;
-use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, State};
+use axum::body::Body;
+use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use serde_json::json;
 
+use super::limits::{IngestLimits, retry_after};
 use super::{IngestError, Problem, ingest};
 use crate::envelope::{EnvelopeError, decode_http};
 use crate::runtime::Runtime;
 
-/// The ingest routes, with the configured body limit.
+/// The ingest route's shared state: the runtime and the request limits
+/// (`[server]` takes effect at start, so they are fixed here).
+#[derive(Clone)]
+struct Ingest {
+    rt: Arc<Runtime>,
+    limits: Arc<IngestLimits>,
+}
+
+/// The ingest routes, with the configured request limits.
 pub fn routes(rt: Arc<Runtime>) -> axum::Router {
-    let limit = rt.config.server.max_body_bytes;
+    let limits = Arc::new(IngestLimits::new(&rt.config.server));
     axum::Router::new()
         .route("/v1/events", post(post_events))
-        .layer(DefaultBodyLimit::max(limit))
-        .with_state(rt)
+        .with_state(Ingest { rt, limits })
 }
 
 /// A JSON error answer: `{"error": ..., "details": [...]}`.
@@ -37,28 +45,26 @@ pub fn error(status: StatusCode, error: &str, details: serde_json::Value) -> Res
 }
 
 async fn post_events(
-    State(rt): State<Arc<Runtime>>,
+    State(Ingest { rt, limits }): State<Ingest>,
     headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    body: Body,
 ) -> Response {
-    let body = match body {
-        Ok(b) => b,
-        Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
-            let limit = rt.config.server.max_body_bytes;
-            return error(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "request body too large",
-                json!([{ "field": "body", "reason": format!("the limit is {limit} bytes") }]),
-            );
-        }
-        Err(rejection) => {
-            return error(
-                rejection.status(),
-                "cannot read request body",
-                json!([{ "field": "body", "reason": rejection.body_text() }]),
-            );
-        }
+    // Held until the answer: bounds bodies in memory and queued writes.
+    let _slot = match limits.admit() {
+        Ok(slot) => slot,
+        Err(r) => return *r,
     };
+    let body = match limits.read_body(&headers, body).await {
+        Ok(b) => b,
+        Err(r) => return *r,
+    };
+    let json_body = headers
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.to_ascii_lowercase().contains("json"));
+    if json_body && let Err(r) = limits.check_depth(&body) {
+        return *r;
+    }
     let decoded = match decode_http(&headers, &body, &rt.ingest) {
         Ok(d) => d,
         Err(e) => return envelope_error(&e),
@@ -98,8 +104,7 @@ async fn post_events(
                 "event could not be published; nothing was accepted",
                 p,
             );
-            r.headers_mut()
-                .insert("retry-after", axum::http::HeaderValue::from_static("1"));
+            retry_after(&mut r);
             r
         }
         Err(IngestError::Unavailable(e)) => {
@@ -109,8 +114,7 @@ async fn post_events(
                 "events could not be written durably; nothing was accepted",
                 json!([{ "field": "store", "reason": e.to_string() }]),
             );
-            r.headers_mut()
-                .insert("retry-after", axum::http::HeaderValue::from_static("1"));
+            retry_after(&mut r);
             r
         }
     }

@@ -18,6 +18,7 @@
 
 pub mod aws;
 pub mod http;
+mod limits;
 
 use serde::Serialize;
 

@@ -1,5 +1,5 @@
 //! The dead-letter topic as a replayable log: `GET /v1/dead-letter` lists its
-//! records with filters, `POST /v1/dead-letter/replay` re-injects them (see
+//! records with filters (and the keys held or parked per route), `POST /v1/dead-letter/replay` re-injects them (see
 //! `pipeline::replay`).
 
 use std::sync::Arc;
@@ -52,9 +52,15 @@ pub async fn list(
     };
     let limit = q.limit.unwrap_or(DEFAULT_PAGE).clamp(1, MAX_PAGE);
     let topic = &rt.config.router.dead_letter_topic;
-    match replay::list(&rt.store, topic, &filter, q.from.unwrap_or(0), limit) {
-        Ok((records, next)) => {
-            Json(json!({ "topic": topic, "records": records, "next": next })).into_response()
+    let listed = replay::list(&rt.store, topic, &filter, q.from.unwrap_or(0), limit)
+        .and_then(|page| Ok((page, crate::pipeline::held_keys(&rt.store)?)));
+    match listed {
+        Ok(((records, next), held)) => {
+            // Keys held or parked on a route, in a stable order.
+            let mut held: Vec<_> = held.into_values().collect();
+            held.sort_by(|a, b| (&a.route, &a.key).cmp(&(&b.route, &b.key)));
+            Json(json!({ "topic": topic, "records": records, "next": next, "held": held }))
+                .into_response()
         }
         Err(e) => unavailable(e),
     }

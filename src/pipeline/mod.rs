@@ -21,7 +21,7 @@ use std::time::Duration;
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
 
-pub use hold::{HELD_PREFIX, Held};
+pub use hold::{HELD_PREFIX, Held, load as held_keys};
 pub use kv::{BatchKv, UnitKv};
 pub(crate) use stage::call_with_retries;
 pub use stage::{

@@ -62,13 +62,23 @@ fn the_breaker_opens_after_n_failures_probes_and_closes_on_recovery() {
     let dead = router.wait_for("dead-letter", 6);
     assert_eq!(
         reasons(&dead),
-        ["trap", "trap", "trap", "circuit-open", "circuit-open", "circuit-open"]
+        [
+            "trap",
+            "trap",
+            "trap",
+            "circuit-open",
+            "circuit-open",
+            "circuit-open"
+        ]
     );
     let open = &dead[3]["data"];
     assert_eq!(open["plugin"], "chaos");
     assert_eq!(open["route"], "chaos");
     assert_eq!(open["event"]["data"], json!(batch[3]).to_string());
-    assert!(open["error"].as_str().unwrap().contains("is open"), "{open}");
+    assert!(
+        open["error"].as_str().unwrap().contains("is open"),
+        "{open}"
+    );
     assert_eq!(router.topic_len("echo"), 0);
 
     let status = router.plugin_status("chaos");
@@ -77,7 +87,10 @@ fn the_breaker_opens_after_n_failures_probes_and_closes_on_recovery() {
     assert_eq!(b["opens"], 1);
     assert_eq!(b["consecutiveFailures"], 3);
     assert_eq!(b["backoffMs"], 1000);
-    assert!(b["openedAt"].is_string() && b["nextProbeAt"].is_string(), "{b}");
+    assert!(
+        b["openedAt"].is_string() && b["nextProbeAt"].is_string(),
+        "{b}"
+    );
     assert_eq!(router.log_lines("circuit opened").len(), 1);
 
     // A failing probe re-opens it with the back-off doubled.
@@ -88,7 +101,10 @@ fn the_breaker_opens_after_n_failures_probes_and_closes_on_recovery() {
         router.plugin_status("chaos")["breaker"]["opens"] == 2
     });
     let b = router.plugin_status("chaos")["breaker"].clone();
-    assert_eq!((b["state"].as_str(), b["backoffMs"].as_u64()), (Some("open"), Some(2000)));
+    assert_eq!(
+        (b["state"].as_str(), b["backoffMs"].as_u64()),
+        (Some("open"), Some(2000))
+    );
     assert_eq!(router.log_lines("circuit half-open").len(), 1);
     assert_eq!(router.log_lines("circuit opened").len(), 2);
 
@@ -132,9 +148,64 @@ fn a_reload_of_the_fixed_plugin_closes_its_breaker() {
     let (status, body) = router.post_admin("/v1/config/reload", &json!({}));
     assert_eq!(status, 200, "{body}");
     let b = router.plugin_status("chaos")["breaker"].clone();
-    assert_eq!((b["state"].as_str(), b["opens"].as_u64()), (Some("closed"), Some(0)), "{b}");
+    assert_eq!(
+        (b["state"].as_str(), b["opens"].as_u64()),
+        (Some("closed"), Some(0)),
+        "{b}"
+    );
     let (status, _) = router.post_json(&event("trap", "A0000AA", 10));
     assert_eq!(status, 202);
     let echo = router.wait_for("echo", 1);
     assert_eq!(echo.len(), 1);
+}
+
+#[test]
+fn with_on_open_wait_the_events_of_an_open_circuit_wait_for_the_fix() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = |mode: &str| {
+        config(Some(mode), 2, 100).replace(
+            "max_backoff_ms = 60000",
+            "max_backoff_ms = 200\non_open = \"wait\"",
+        )
+    };
+    let router = Router::start(dir.path(), &cfg("trap"));
+    let batch: Vec<Value> = (0..5).map(|i| event("none", "A0000AA", i)).collect();
+    let (status, body) = router.post_json(&json!(batch));
+    assert_eq!(status, 202, "{body}");
+    // Two traps open it; the rest wait, held on their key, instead of being
+    // dead-lettered. (A probe that traps again dead-letters its own event.)
+    router.wait_until("the circuit to open and the key to be held", || {
+        let (_, body) = router.get("/v1/dead-letter");
+        router.plugin_status("chaos")["breaker"]["opens"].as_u64() >= Some(1)
+            && body["held"].as_array().is_some_and(|h| h.len() == 1)
+    });
+    assert_eq!(router.topic_len("echo"), 0);
+    assert!(
+        router
+            .topic("dead-letter")
+            .iter()
+            .all(|d| d["data"]["reason"] == "trap"),
+        "nothing dead-lettered as circuit-open"
+    );
+
+    std::fs::write(&router.config, cfg("heal")).unwrap();
+    let (status, body) = router.post_admin("/v1/config/reload", &json!({}));
+    assert_eq!(status, 200, "{body}");
+    router.wait_until(
+        "every event echoed or (a failed probe's) dead-lettered",
+        || {
+            let (_, body) = router.get("/v1/dead-letter");
+            router.topic_len("echo") + router.topic_len("dead-letter") == 5
+                && body["held"] == json!([])
+        },
+    );
+    let echo = router.topic("echo");
+    let ns: Vec<u64> = echo
+        .iter()
+        .map(|e| e["data"]["n"].as_u64().unwrap())
+        .collect();
+    let mut sorted = ns.clone();
+    sorted.sort();
+    assert_eq!(ns, sorted, "the key's order is kept");
+    assert_eq!(*ns.last().unwrap(), 4);
 }

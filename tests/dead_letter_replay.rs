@@ -68,7 +68,12 @@ fn dead_letters_are_listed_and_replayed_exactly_once_after_the_fix() {
     let router = Router::start(dir.path(), &config("trap"));
     let mut ids = Vec::new();
     for i in 0..4 {
-        let ev = hmpps(RECEIVED, &format!("A000{i}AA"), "MDI", "2024-06-11T14:41:22Z");
+        let ev = hmpps(
+            RECEIVED,
+            &format!("A000{i}AA"),
+            "MDI",
+            "2024-06-11T14:41:22Z",
+        );
         let (status, body) = router.post_json(&ev);
         assert_eq!(status, 202, "{body}");
         ids.push(body["id"].as_str().unwrap().to_string());
@@ -105,18 +110,27 @@ fn dead_letters_are_listed_and_replayed_exactly_once_after_the_fix() {
     assert_eq!(status, 400);
 
     // A dry run says what it would do and appends nothing.
-    let (ok, out) = cli(&router, &["--dead-letter", "--filter", "plugin=chaos", "--dry-run"]);
+    let (ok, out) = cli(
+        &router,
+        &["--dead-letter", "--filter", "plugin=chaos", "--dry-run"],
+    );
     assert!(ok, "{out}");
     assert!(out.contains("would replay 4 record(s)"), "{out}");
     assert_eq!(router.topic_len("events"), 4);
     let (ok, out) = cli(&router, &["--dead-letter", "--filter", "colour=red"]);
-    assert!(!ok && out.contains("unknown filter key \"colour\""), "{out}");
+    assert!(
+        !ok && out.contains("unknown filter key \"colour\""),
+        "{out}"
+    );
 
     // Load the fixed plugin, then replay.
     std::fs::write(&router.config, config("heal")).unwrap();
     let (status, body) = router.post_admin("/v1/config/reload", &json!({}));
     assert_eq!(status, 200, "{body}");
-    let (ok, out) = cli(&router, &["--dead-letter", "--filter", "plugin=chaos,reason=trap"]);
+    let (ok, out) = cli(
+        &router,
+        &["--dead-letter", "--filter", "plugin=chaos,reason=trap"],
+    );
     assert!(ok, "{out}");
     assert!(out.contains("replayed 4 record(s)"), "{out}");
 
@@ -140,13 +154,25 @@ fn dead_letters_are_listed_and_replayed_exactly_once_after_the_fix() {
     });
     assert_eq!(router.topic_len(FANOUT), 4);
     assert_eq!(router.topic_len("dead-letter"), 4);
-    assert_eq!(list(&router, "?replayed=true")["records"].as_array().unwrap().len(), 4);
+    assert_eq!(
+        list(&router, "?replayed=true")["records"]
+            .as_array()
+            .unwrap()
+            .len(),
+        4
+    );
     assert_eq!(list(&router, "?replayed=false")["records"], json!([]));
 
     // A second replay does nothing, over HTTP or the CLI.
     let (status, report) = router.post_admin("/v1/dead-letter/replay", &json!({}));
     assert_eq!(status, 200, "{report}");
-    assert_eq!((report["replayed"].as_u64(), report["alreadyReplayed"].as_u64()), (Some(0), Some(4)));
+    assert_eq!(
+        (
+            report["replayed"].as_u64(),
+            report["alreadyReplayed"].as_u64()
+        ),
+        (Some(0), Some(4))
+    );
     assert_eq!(router.topic_len("events"), 8);
 
     // Nor after a restart: the marks are in the store.
@@ -154,7 +180,10 @@ fn dead_letters_are_listed_and_replayed_exactly_once_after_the_fix() {
     let router = Router::start(dir.path(), &config("heal"));
     let (ok, out) = cli(&router, &["--dead-letter"]);
     assert!(ok, "{out}");
-    assert!(out.contains("replayed 0 record(s); 4 replayed before"), "{out}");
+    assert!(
+        out.contains("replayed 0 record(s); 4 replayed before"),
+        "{out}"
+    );
     assert_eq!(router.topic_len("events"), 8);
     assert_eq!(router.topic_len("echo"), 4);
 }

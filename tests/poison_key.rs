@@ -60,7 +60,11 @@ fn held(router: &Router) -> Vec<Value> {
 }
 
 fn heal(router: &Router, on_poison: &str, hold_retries: u32) {
-    std::fs::write(&router.config, config(Some("heal"), on_poison, hold_retries)).unwrap();
+    std::fs::write(
+        &router.config,
+        config(Some("heal"), on_poison, hold_retries),
+    )
+    .unwrap();
     let (status, body) = router.post_admin("/v1/config/reload", &json!({}));
     assert_eq!(status, 200, "{body}");
 }
@@ -85,7 +89,10 @@ fn a_poison_event_holds_only_its_key_and_the_key_resumes_in_order() {
         })
     });
     let h = &held(&router)[0];
-    assert_eq!((h["route"].as_str(), h["key"].as_str()), (Some("chaos"), Some("A0000AA")));
+    assert_eq!(
+        (h["route"].as_str(), h["key"].as_str()),
+        (Some("chaos"), Some("A0000AA"))
+    );
     assert_eq!(h["parked"], false);
     assert_eq!(h["reason"], "transient");
     assert!(echoed(&router, "A0000AA").is_empty());
@@ -97,11 +104,15 @@ fn a_poison_event_holds_only_its_key_and_the_key_resumes_in_order() {
 
     // The fix: the held event succeeds and the key's events follow, in order.
     heal(&router, "wait", 1_000_000);
-    router.wait_until("the held key to be released", || echoed(&router, "A0000AA").len() == 3);
+    router.wait_until("the held key to be released", || {
+        echoed(&router, "A0000AA").len() == 3
+    });
     assert_eq!(echoed(&router, "A0000AA"), [1, 2, 3]);
     assert!(held(&router).is_empty());
     post(&router, &event("none", "A0000AA", 4));
-    router.wait_until("the key to flow again", || echoed(&router, "A0000AA").len() == 4);
+    router.wait_until("the key to flow again", || {
+        echoed(&router, "A0000AA").len() == 4
+    });
     assert_eq!(echoed(&router, "A0000AA"), [1, 2, 3, 4]);
     assert_eq!(router.topic_len("dead-letter"), 0);
     assert_eq!(router.topic_len("echo"), 10);
@@ -145,11 +156,15 @@ fn a_parked_key_is_dead_lettered_and_released_in_order_by_a_replay() {
     assert_eq!(status, 200, "{report}");
     assert_eq!(report["replayed"], 3, "{report}");
     assert_eq!(report["releasedKeys"], 1, "{report}");
-    router.wait_until("the parked events to be replayed", || echoed(&router, "A0000AA").len() == 3);
+    router.wait_until("the parked events to be replayed", || {
+        echoed(&router, "A0000AA").len() == 3
+    });
     assert_eq!(echoed(&router, "A0000AA"), [1, 2, 3]);
     assert!(held(&router).is_empty());
     post(&router, &event("none", "A0000AA", 4));
-    router.wait_until("the key to flow again", || echoed(&router, "A0000AA").len() == 4);
+    router.wait_until("the key to flow again", || {
+        echoed(&router, "A0000AA").len() == 4
+    });
     assert_eq!(router.topic_len("dead-letter"), 3);
     let (_, report) = router.post_admin("/v1/dead-letter/replay", &json!({}));
     assert_eq!(report["replayed"], 0, "{report}");

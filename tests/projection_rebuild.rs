@@ -228,7 +228,12 @@ fn a_rebuild_killed_with_sigkill_resumes_after_restart_and_loses_nothing() {
             let agent = agent();
             let mut n = 0;
             while !stop.load(Ordering::Relaxed) {
-                let ev = hmpps(RECEIVED, &format!("P{:02}", n % 40), "LEI", "2024-06-12T10:00:00Z");
+                let ev = hmpps(
+                    RECEIVED,
+                    &format!("P{:02}", n % 40),
+                    "LEI",
+                    "2024-06-12T10:00:00Z",
+                );
                 n += 1;
                 // Refused connections after the kill are expected.
                 if let Ok(mut r) = agent
@@ -239,7 +244,10 @@ fn a_rebuild_killed_with_sigkill_resumes_after_restart_and_loses_nothing() {
                 {
                     let v: Value =
                         serde_json::from_str(&r.body_mut().read_to_string().unwrap()).unwrap();
-                    accepted.lock().unwrap().push(v["id"].as_str().unwrap().to_string());
+                    accepted
+                        .lock()
+                        .unwrap()
+                        .push(v["id"].as_str().unwrap().to_string());
                 }
             }
         })
@@ -247,7 +255,9 @@ fn a_rebuild_killed_with_sigkill_resumes_after_restart_and_loses_nothing() {
     install_atomically(&v2, &live);
     let status = router.wait_plugin("counter", "the rebuild to be under way", |s| {
         let r = &s["rebuild"];
-        r["state"] == "running" && r["offset"].as_u64() > Some(0) && r["offset"].as_u64() < r["total"].as_u64()
+        r["state"] == "running"
+            && r["offset"].as_u64() > Some(0)
+            && r["offset"].as_u64() < r["total"].as_u64()
     });
     let reached = status["rebuild"]["offset"].as_u64().unwrap();
     router.kill9();
@@ -262,7 +272,10 @@ fn a_rebuild_killed_with_sigkill_resumes_after_restart_and_loses_nothing() {
     let status = router.wait_plugin("counter", "the resumed rebuild to finish", |s| {
         s["rebuild"]["state"] == "done" && s["version"] == ver2.as_str()
     });
-    assert_eq!(status["namespace"], "counter/g2", "the same generation, resumed");
+    assert_eq!(
+        status["namespace"], "counter/g2",
+        "the same generation, resumed"
+    );
     let started = router.log_lines("projection rebuild started");
     let from: u64 = started[0]
         .split("from=")
@@ -278,7 +291,10 @@ fn a_rebuild_killed_with_sigkill_resumes_after_restart_and_loses_nothing() {
     let ids: std::collections::HashSet<&str> =
         events.iter().map(|e| e["id"].as_str().unwrap()).collect();
     assert_eq!(ids.len(), events.len(), "no event twice");
-    let missing: Vec<_> = accepted.iter().filter(|id| !ids.contains(id.as_str())).collect();
+    let missing: Vec<_> = accepted
+        .iter()
+        .filter(|id| !ids.contains(id.as_str()))
+        .collect();
     assert!(missing.is_empty(), "accepted but missing: {missing:?}");
     assert!(events.len() >= posted + accepted.len());
     let outputs = router.wait_for("counter-state", events.len());

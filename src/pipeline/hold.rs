@@ -154,7 +154,7 @@ pub enum Retried {
     /// Try again later (the record is updated).
     Later,
     /// It was dead-lettered (the record is updated; parked if so configured).
-    DeadLettered(Event),
+    DeadLettered(Box<Event>),
 }
 
 /// Updates `h` after its first event failed again with `f`.
@@ -180,7 +180,7 @@ pub fn failed_again(
         return dead_lettered(h, route, ev, f);
     }
     h.retries += 1;
-    if h.retries > policy.hold_retries {
+    if h.retries >= policy.hold_retries {
         return dead_lettered(h, route, ev, f);
     }
     h.next_at_ms = now_ms() + policy.hold_delay(h.retries).as_millis() as u64;
@@ -200,7 +200,7 @@ fn dead_lettered(h: &mut Held, route: &Route, ev: &Event, f: &StageFailure) -> R
         h.parked = true;
         tracing::warn!(route = %route.name, key = %h.key, "key parked until its dead letters are replayed");
     }
-    Retried::DeadLettered(dead_letter(ev, Some(&route.name), &f))
+    Retried::DeadLettered(Box::new(dead_letter(ev, Some(&route.name), &f)))
 }
 
 #[cfg(test)]

@@ -371,7 +371,7 @@ async fn retry_key(
             Err(f) => match hold::failed_again(&mut h, route, &ev, &f, &ctx.policy) {
                 hold::Retried::Later => return Ok((meta_key, appends, Some(h))),
                 hold::Retried::DeadLettered(letter) => {
-                    appends.push((ctx.dlq.clone(), letter));
+                    appends.push((ctx.dlq.clone(), *letter));
                     if h.parked {
                         for offset in std::mem::take(&mut h.offsets) {
                             appends

@@ -29,6 +29,16 @@ use crate::store::{Store, StoreError};
 /// Prefix of held-key records in the store's `meta` table.
 pub const HELD_PREFIX: &str = "held/";
 
+/// Shortest wait before a held event is tried again, whatever the config
+/// says: a key that is retried at once, again and again, would keep the
+/// consumer from ever reading on.
+const MIN_RETRY: Duration = Duration::from_millis(10);
+
+/// Unix milliseconds `wait` (at least [`MIN_RETRY`]) from now.
+fn after(wait: Duration) -> u64 {
+    now_ms() + wait.max(MIN_RETRY).as_millis() as u64
+}
+
 /// One held (route, key).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -130,7 +140,7 @@ pub fn start(
         offsets: vec![offset],
         attempts: f.attempts,
         retries: 0,
-        next_at_ms: now_ms() + wait.as_millis() as u64,
+        next_at_ms: after(wait),
         parked: false,
         reason: f.kind.clone(),
         error: f.error.clone(),
@@ -167,12 +177,10 @@ pub fn failed_again(
 ) -> Retried {
     h.reason = f.kind.clone();
     h.error = f.error.clone();
-    if f.kind == "circuit-open" && f.transient {
-        // Waiting for the breaker is not an attempt of the event.
-        h.next_at_ms = now_ms()
-            + f.retry_in
-                .unwrap_or_else(|| policy.hold_delay(h.retries))
-                .as_millis() as u64;
+    if f.kind == "circuit-open" {
+        // Waiting for the breaker is not an attempt of the event, and a held
+        // event waits for it whatever the plugin's `on_open`.
+        h.next_at_ms = after(f.retry_in.unwrap_or_else(|| policy.hold_delay(h.retries)));
         return Retried::Later;
     }
     h.attempts = h.attempts.saturating_add(f.attempts);
@@ -183,7 +191,7 @@ pub fn failed_again(
     if h.retries >= policy.hold_retries {
         return dead_lettered(h, route, ev, f);
     }
-    h.next_at_ms = now_ms() + policy.hold_delay(h.retries).as_millis() as u64;
+    h.next_at_ms = after(policy.hold_delay(h.retries));
     Retried::Later
 }
 

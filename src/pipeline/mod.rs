@@ -136,8 +136,9 @@ impl Pipeline {
                     if wait_or_stop(&mut shutdown, COMMIT_RETRY).await {
                         return;
                     }
+                    continue;
                 }
-                continue;
+                // Go on to the next batch: held keys never starve the log.
             }
             let records = match self.store.read(&self.input, cursor, self.batch_size) {
                 Ok(r) => r,
@@ -151,7 +152,11 @@ impl Pipeline {
             };
             let Some(last) = records.last().map(|r| r.offset) else {
                 // Caught up: sleep until the topic grows or we are told to stop.
-                let idle = due.unwrap_or(Duration::from_secs(3600));
+                let idle = match due {
+                    // Retried just now: the next one is at least a tick away.
+                    Some(d) => d.max(Duration::from_millis(10)),
+                    None => Duration::from_secs(3600),
+                };
                 tokio::select! {
                     r = len.changed() => if r.is_err() { return },
                     _ = shutdown.changed() => {}
@@ -274,7 +279,8 @@ impl Pipeline {
     /// the events waiting behind it while they succeed. Returns what to
     /// commit (no cursor: these events are behind it already).
     async fn retry_held(&self) -> Result<WriteBatch, String> {
-        let ctx = self.ctx();
+        let mut ctx = self.ctx();
+        ctx.policy.held_retry = true;
         let now = hold::now_ms();
         let due: Vec<Held> = hold::load(&self.store)
             .map_err(|e| e.to_string())?

@@ -34,6 +34,10 @@ pub struct StagePolicy {
     pub hold_backoff: Duration,
     /// Cap on the wait between retries of a held event.
     pub hold_max_backoff: Duration,
+    /// Set for the retries of held events: their failures do not count
+    /// towards opening the circuit (one poison event must not open a plugin
+    /// for every key), though a retry that is the probe decides it.
+    pub held_retry: bool,
 }
 
 impl StagePolicy {
@@ -46,6 +50,7 @@ impl StagePolicy {
             hold_retries: cfg.hold_retries,
             hold_backoff: Duration::from_millis(cfg.hold_backoff_ms),
             hold_max_backoff: Duration::from_millis(cfg.hold_max_backoff_ms),
+            held_retry: false,
         }
     }
 
@@ -134,7 +139,10 @@ pub async fn run_route(
                 }
             };
             let result = call_stage(route, si, plugin, &stage.namespace, ev, kv, policy).await;
-            breaker.record(probe, verdict(&result));
+            let verdict = verdict(&result);
+            if probe || !policy.held_retry || verdict != Verdict::Failed {
+                breaker.record(probe, verdict);
+            }
             next.extend(result?);
         }
         current = next;
@@ -379,6 +387,7 @@ mod tests {
             hold_retries: 0,
             hold_backoff: Duration::ZERO,
             hold_max_backoff: Duration::ZERO,
+            held_retry: false,
         };
         let ev = Event {
             id: "x".into(),

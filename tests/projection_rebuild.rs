@@ -303,3 +303,54 @@ fn a_rebuild_killed_with_sigkill_resumes_after_restart_and_loses_nothing() {
     assert_eq!(counts(&rebuilt), events.len() as u64);
     assert_eq!(rebuilt, state_from_scratch(&router, &v2));
 }
+
+#[test]
+fn a_dead_letter_of_a_projection_rebuilt_since_is_not_replayed_twice() {
+    let dir = tempfile::tempdir().unwrap();
+    let live = dir.path().join("counter.wasm");
+    let (v1, v2) = (
+        plugin("counter-projection"),
+        plugin("counter-projection-v2"),
+    );
+    std::fs::copy(&v1, &live).unwrap();
+    let router = Router::start(dir.path(), &counter_config(&live));
+    post_batch(&router, 0, 10);
+    let mut poison = hmpps(RECEIVED, "P00", "MDI", "2024-06-11T14:41:22Z");
+    poison["poison"] = json!(true);
+    let (status, body) = router.post_json(&poison);
+    assert_eq!(status, 202, "{body}");
+    router.wait_for("counter-state", 10);
+    let dead = router.wait_for("dead-letter", 1);
+    assert_eq!(dead[0]["data"]["reason"], "trap");
+    assert_eq!(dead[0]["data"]["namespaces"], json!(["counter/g1"]));
+
+    // The fix is a new version: its rebuild counts the poison event in place.
+    install_atomically(&v2, &live);
+    let ver2 = version_of(&v2);
+    router.wait_plugin("counter", "the rebuild to finish", |s| {
+        s["rebuild"]["state"] == "done" && s["version"] == ver2.as_str()
+    });
+    assert_eq!(counts(&state(&router)), 11);
+
+    // Replaying its dead letter would count it twice: it is marked instead.
+    let (status, report) = router.post_admin("/v1/dead-letter/replay", &json!({}));
+    assert_eq!(status, 200, "{report}");
+    assert_eq!(
+        (report["superseded"].as_u64(), report["replayed"].as_u64()),
+        (Some(1), Some(0)),
+        "{report}"
+    );
+    assert_eq!(router.topic_len("events"), 11);
+    let (_, list) = router.get("/v1/dead-letter?replayed=true");
+    let mark = &list["records"][0]["replayed"];
+    assert!(
+        mark["supersededBy"]
+            .as_str()
+            .unwrap()
+            .contains("counter/g2"),
+        "{mark}"
+    );
+    assert_eq!(counts(&state(&router)), 11);
+    let (_, report) = router.post_admin("/v1/dead-letter/replay", &json!({}));
+    assert_eq!(report["alreadyReplayed"], 1, "{report}");
+}

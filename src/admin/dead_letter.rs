@@ -106,6 +106,7 @@ pub async fn replay(
     let _gate = rt.gate.lock().await;
     match replay::replay(
         &rt.store,
+        &rt.routes(),
         &rt.config.ingest.topic,
         &rt.config.router.dead_letter_topic,
         &filter,

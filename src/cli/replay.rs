@@ -57,6 +57,12 @@ pub fn dead_letters(url: &str, filter: &str, dry_run: bool) -> Result<()> {
             s["reason"].as_str().unwrap_or("?")
         );
     }
+    if report["superseded"].as_u64() > Some(0) {
+        println!(
+            "{} record(s) not replayed: their projection was rebuilt since and holds them",
+            report["superseded"]
+        );
+    }
     println!(
         "{} {} record(s); {} replayed before; {} key(s) released",
         if dry_run { "would replay" } else { "replayed" },

@@ -116,6 +116,20 @@ pub fn next_due(held: &HashMap<(String, String), Held>) -> Option<Duration> {
         .min()
 }
 
+/// Whether a rebuild of the projection that is `route`'s first stage is in
+/// progress. The rebuild skips the events held on the route when it passes
+/// them, so they must stay held until it has switched over: released before,
+/// they would be in neither generation; after, in the new one exactly once.
+pub fn rebuilding(store: &Store, route: &Route) -> Result<bool, StoreError> {
+    let Some(first) = route.stages.first() else {
+        return Ok(false);
+    };
+    let meta = store.meta_get(&format!("projection/{}", first.plugin.name()))?;
+    Ok(meta
+        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+        .is_some_and(|m| !m["rebuild"].is_null()))
+}
+
 /// Whether `f` on `route` holds the key rather than dead-lettering the event.
 pub fn holds(route: &Route, f: &StageFailure, policy: &StagePolicy) -> bool {
     if f.kind == "circuit-open" {
@@ -147,15 +161,16 @@ pub fn start(
     }
 }
 
-/// The dead-letter record of an event of a parked key.
-pub fn parked_letter(ev: &Event, h: &Held) -> Event {
+/// The dead-letter record of an event of a parked key on `route`.
+pub fn parked_letter(ev: &Event, h: &Held, route: &Route) -> Event {
     let f = StageFailure::router(
         "key-parked",
         format!(
             "key {:?} is parked on route {:?} since an earlier event of it was dead-lettered ({}); replay the dead letters to release it",
             h.key, h.route, h.reason
         ),
-    );
+    )
+    .on(route);
     dead_letter(ev, Some(&h.route), &f)
 }
 

@@ -349,6 +349,15 @@ async fn retry_key(
         }
         return Ok((meta_key, appends, None));
     };
+    if hold::rebuilding(store, route).map_err(|e| e.to_string())? {
+        h.next_at_ms = hold::now_ms()
+            + ctx
+                .policy
+                .hold_delay(h.retries)
+                .max(Duration::from_millis(10))
+                .as_millis() as u64;
+        return Ok((meta_key, appends, Some(h)));
+    }
     while let Some(&offset) = h.offsets.first() {
         let ev = read(offset)?;
         let unit = UnitKv::new(ctx.kv.clone());
@@ -380,8 +389,10 @@ async fn retry_key(
                     appends.push((ctx.dlq.clone(), *letter));
                     if h.parked {
                         for offset in std::mem::take(&mut h.offsets) {
-                            appends
-                                .push((ctx.dlq.clone(), hold::parked_letter(&read(offset)?, &h)));
+                            appends.push((
+                                ctx.dlq.clone(),
+                                hold::parked_letter(&read(offset)?, &h, route),
+                            ));
                         }
                         return Ok((meta_key, appends, Some(h)));
                     }
@@ -418,7 +429,7 @@ async fn handle_event(
         if let Some(h) = holds.get_mut(&route.name) {
             if h.parked {
                 tracing::warn!(event = %ev.id, route = %route.name, key, "event of a parked key dead-lettered");
-                appends.push((ctx.dlq.clone(), hold::parked_letter(ev, h)));
+                appends.push((ctx.dlq.clone(), hold::parked_letter(ev, h, route)));
             } else {
                 tracing::debug!(event = %ev.id, route = %route.name, key, "event waits behind its held key");
                 h.offsets.push(offset);

@@ -13,7 +13,9 @@
 //! (`dead-letter/replayed/<offset>` in `meta`) is committed in the same write as
 //! the re-injected event, under the pipeline's gate and one replay at a time,
 //! so a crash leaves both or neither, and a second replay finds the mark.
-//! The same write releases the keys those events had parked.
+//! The same write releases the keys those events had parked. A record whose
+//! route starts with a projection that was rebuilt since it failed is marked
+//! `supersededBy` instead: the rebuild applied the original in place.
 
 use std::collections::HashMap;
 
@@ -22,6 +24,7 @@ use serde_json::{Value, json};
 
 use super::hold;
 use crate::event::{ATTR_REPLAY_COUNT, ATTR_REPLAY_ROUTE, Event};
+use crate::router::RouteTable;
 use crate::store::{Record, Store, StoreError, WriteBatch};
 
 /// Prefix of the replay marks in the store's `meta` table.
@@ -90,6 +93,8 @@ pub struct Letter {
     pub plugin_version: String,
     pub attempts: u64,
     pub at: String,
+    /// State namespaces of the route's stages when it failed.
+    pub namespaces: Vec<String>,
     /// Whether the pipeline can re-inject it (not a source's or sink's record).
     pub replayable: bool,
     /// The replay mark, when it was re-injected.
@@ -116,6 +121,7 @@ impl Letter {
             plugin_version: s("pluginVersion"),
             attempts: data["attempts"].as_u64().unwrap_or(0),
             at: s("at"),
+            namespaces: serde_json::from_value(data["namespaces"].clone()).unwrap_or_default(),
             // Pipeline records name their stage; sources' and sinks' do not.
             replayable: data.get("stage").is_some()
                 && event.as_ref().is_some_and(|e| !e.id.is_empty()),
@@ -123,6 +129,26 @@ impl Letter {
             event,
         })
     }
+}
+
+/// When a projection stage of the letter's route has changed generation
+/// since it failed (a rebuild replayed the original event into the new one),
+/// says so.
+fn rebuilt_since(routes: &RouteTable, l: &Letter) -> Option<String> {
+    let route = routes
+        .routes()
+        .iter()
+        .find(|r| Some(&r.name) == l.route.as_ref())?;
+    let projection = |ns: &str| ns.split_once('/').map(|(p, _)| p.to_string());
+    l.namespaces
+        .iter()
+        .zip(&route.stages)
+        .find(|(then, now)| {
+            **then != now.namespace
+                && projection(then).is_some()
+                && projection(then) == projection(&now.namespace)
+        })
+        .map(|(then, now)| format!("projection rebuilt: state {then} is now {}", now.namespace))
 }
 
 /// A page of matching records from offset `from`, and where the next page
@@ -177,6 +203,10 @@ pub struct ReplayReport {
     pub already_replayed: usize,
     /// Records the pipeline cannot re-inject, with why.
     pub skipped: Vec<Value>,
+    /// Records on a projection's route whose projection was rebuilt since:
+    /// the rebuild applied the original event in place, so replaying it would
+    /// apply it twice. Marked as replayed, not re-injected.
+    pub superseded: usize,
     /// Keys released from parking.
     pub released_keys: usize,
     pub records: Vec<Replayed>,
@@ -187,6 +217,7 @@ pub struct ReplayReport {
 /// pipeline's gate and allows one replay at a time.
 pub async fn replay(
     store: &Store,
+    routes: &RouteTable,
     input: &str,
     topic: &str,
     filter: &Filter,
@@ -210,13 +241,22 @@ pub async fn replay(
             report.already_replayed += 1;
             continue;
         }
-        let Some(original) = l.event.filter(|_| l.replayable) else {
+        let Some(original) = l.event.clone().filter(|_| l.replayable) else {
             report.skipped.push(json!({
                 "offset": l.offset,
                 "reason": "not a pipeline record (a source's or sink's dead letter): replay it at its source",
             }));
             continue;
         };
+        if let Some(rebuilt) = rebuilt_since(routes, &l) {
+            report.superseded += 1;
+            let mark = json!({ "at": now, "eventId": original.id, "supersededBy": rebuilt });
+            batch.meta.push((
+                format!("{REPLAYED_PREFIX}{}", l.offset),
+                Some(mark.to_string().into_bytes()),
+            ));
+            continue;
+        }
         report.matched += 1;
         let count = super::replay_count(&original) + 1;
         let mut ev = original;

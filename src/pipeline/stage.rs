@@ -77,6 +77,9 @@ pub struct StageFailure {
     pub transient: bool,
     /// For an open circuit: when its next probe is due.
     pub retry_in: Option<Duration>,
+    /// The route's stages' state namespaces when it failed: a replay after a
+    /// projection was rebuilt (new namespace) would apply the event twice.
+    pub namespaces: Vec<String>,
 }
 
 impl StageFailure {
@@ -91,7 +94,14 @@ impl StageFailure {
             attempts: 0,
             transient: false,
             retry_in: None,
+            namespaces: Vec::new(),
         }
+    }
+
+    /// The same failure, naming `route`'s state namespaces.
+    pub fn on(mut self, route: &Route) -> Self {
+        self.namespaces = route.stages.iter().map(|s| s.namespace.clone()).collect();
+        self
     }
 }
 
@@ -107,6 +117,17 @@ pub fn derive_id(input_id: &str, route: &str, stage: usize, n: usize) -> String 
 /// Runs `input` through `route`. On success, the outputs of the last stage
 /// with their topics; `kv` holds the state writes, to commit on success.
 pub async fn run_route(
+    route: &Route,
+    input: &Event,
+    kv: &Arc<UnitKv>,
+    policy: &StagePolicy,
+) -> Result<Vec<(String, Event)>, StageFailure> {
+    run_stages(route, input, kv, policy)
+        .await
+        .map_err(|f| f.on(route))
+}
+
+async fn run_stages(
     route: &Route,
     input: &Event,
     kv: &Arc<UnitKv>,
@@ -214,6 +235,7 @@ fn failure(
         attempts,
         transient: false,
         retry_in: None,
+        namespaces: Vec::new(),
     }
 }
 
@@ -342,6 +364,7 @@ pub fn dead_letter(input: &Event, route: Option<&str>, f: &StageFailure) -> Even
         "pluginVersion": f.plugin_version,
         "attempts": f.attempts,
         "replays": replays,
+        "namespaces": f.namespaces,
         "at": chrono::Utc::now().to_rfc3339(),
         "event": input,
     });

@@ -327,6 +327,22 @@ async fn replay(
         return Ok(offset);
     };
     let routes = rt.routes();
+    // Events held on the projection's routes have not been applied live;
+    // they stay held until after the switch-over and are applied then.
+    let held: std::collections::HashSet<u64> = crate::pipeline::held_keys(&rt.store)
+        .map_err(|e| e.to_string())?
+        .into_values()
+        .filter(|h| {
+            routes.routes().iter().any(|route| {
+                route.name == h.route
+                    && route
+                        .stages
+                        .first()
+                        .is_some_and(|s| s.plugin.name() == job.name)
+            })
+        })
+        .flat_map(|h| h.offsets)
+        .collect();
     let kv = BatchKv::new(rt.store.clone());
     for r in &records {
         let routed = routes.routes().iter().any(|route| {
@@ -338,7 +354,8 @@ async fn replay(
         });
         // A copy re-injected from the dead-letter topic: the rebuild already
         // gave the new version the original, at its place in the log.
-        if !routed || r.event.attributes.contains_key(ATTR_REPLAY_COUNT) {
+        if !routed || r.event.attributes.contains_key(ATTR_REPLAY_COUNT) || held.contains(&r.offset)
+        {
             continue;
         }
         let unit = UnitKv::new(kv.clone());

@@ -137,7 +137,9 @@ fn a_parked_key_is_dead_lettered_and_released_in_order_by_a_replay() {
     );
     assert_eq!(dead[1]["data"]["reason"], "key-parked");
     assert_eq!(dead[1]["data"]["route"], "chaos");
-    assert_eq!(echoed(&router, "B0000BB"), [100]);
+    router.wait_until("the other key's event", || {
+        echoed(&router, "B0000BB") == [100]
+    });
     let h = held(&router);
     assert_eq!((h.len(), &h[0]["parked"]), (1, &json!(true)), "{h:?}");
 

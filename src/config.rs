@@ -10,6 +10,7 @@
 
 mod aws;
 mod server;
+mod resilience;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -27,6 +28,10 @@ pub use aws::{
 pub use server::{
     ADMIN_TOKEN_ENV, DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_IN_FLIGHT, DEFAULT_MAX_JSON_DEPTH,
     DEFAULT_REQUEST_TIMEOUT_MS, ExposureError, ServerConfig,
+pub use resilience::{
+    BreakerConfig, DEFAULT_BREAKER_BACKOFF_MS, DEFAULT_BREAKER_FAILURES,
+    DEFAULT_BREAKER_MAX_BACKOFF_MS, DEFAULT_HOLD_BACKOFF_MS, DEFAULT_HOLD_MAX_BACKOFF_MS,
+    DEFAULT_HOLD_RETRIES, OnOpen, OnPoison,
 };
 
 /// Default per-call deadline: a transform that takes longer than this on one
@@ -154,6 +159,13 @@ pub struct RouterConfig {
     pub max_attempts: u32,
     /// Back-off before the first retry; doubles each attempt.
     pub retry_backoff_ms: u64,
+    /// Further attempts of an event whose key is held (see `on_poison`),
+    /// after its in-batch attempts, before it is dead-lettered.
+    pub hold_retries: u32,
+    /// Wait before the first retry of a held event; doubles each time.
+    pub hold_backoff_ms: u64,
+    /// Cap on the wait between retries of a held event.
+    pub hold_max_backoff_ms: u64,
 }
 
 impl Default for RouterConfig {
@@ -165,6 +177,9 @@ impl Default for RouterConfig {
             workers: 4,
             max_attempts: 3,
             retry_backoff_ms: 50,
+            hold_retries: DEFAULT_HOLD_RETRIES,
+            hold_backoff_ms: DEFAULT_HOLD_BACKOFF_MS,
+            hold_max_backoff_ms: DEFAULT_HOLD_MAX_BACKOFF_MS,
         }
     }
 }
@@ -226,6 +241,9 @@ pub struct PluginConfig {
     /// serves: `switchyard validate` runs them, and so does a reload.
     #[serde(default)]
     pub samples: Option<Spanned<PathBuf>>,
+    /// The plugin's circuit breaker.
+    #[serde(default)]
+    pub breaker: BreakerConfig,
 }
 
 fn default_timeout() -> u64 {
@@ -275,6 +293,9 @@ pub struct RouteConfig {
     /// event as `bad-output`.
     #[serde(default)]
     pub topics: Option<Vec<Spanned<String>>>,
+    /// What happens to a key whose event keeps failing transiently.
+    #[serde(default)]
+    pub on_poison: OnPoison,
 }
 
 impl Config {
@@ -414,6 +435,8 @@ impl Config {
                 ("timeout_ms", p.timeout_ms),
                 ("memory_mb", p.memory_mb),
                 ("instances", p.instances as u64),
+                ("breaker.backoff_ms", p.breaker.backoff_ms),
+                ("breaker.max_backoff_ms", p.breaker.max_backoff_ms),
             ] {
                 if value == 0 {
                     return Err(whole(

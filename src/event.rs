@@ -14,6 +14,13 @@ use serde::{Deserialize, Serialize};
 pub const ATTR_PLUGIN: &str = "plugin";
 /// Attribute naming the version (content hash) of that plugin.
 pub const ATTR_PLUGIN_VERSION: &str = "pluginversion";
+/// On an event re-injected from the dead-letter topic: how many times it was
+/// (1 for the first replay). Reserved: ingest refuses events carrying it.
+pub const ATTR_REPLAY_COUNT: &str = "replaycount";
+/// On an event re-injected from the dead-letter topic: the one route to run
+/// (absent when it had failed for want of a route: then every matching route).
+/// Reserved like [`ATTR_REPLAY_COUNT`].
+pub const ATTR_REPLAY_ROUTE: &str = "replayroute";
 
 /// One event, as stored in a topic of the embedded log.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -7,8 +7,10 @@
 //! * [`envelope`] — decoding HMPPS domain events and CloudEvents (structured, binary, batch).
 //! * [`schema`] — the JSON Schema registry (base HMPPS schema + per-type schemas).
 //! * [`router`] — the route table: event-type globs → pipelines.
-//! * [`pipeline`] — the consumer: batches, keyed order, stages, kv, dead-letter, cursor.
-//! * [`plugin`] — the wasmtime host (the only module that knows wasmtime).
+//! * [`pipeline`] — the consumer: batches, keyed order, stages, kv, dead-letter, cursor;
+//!   held (poison) keys and dead-letter replay.
+//! * [`plugin`] — the wasmtime host (the only module that knows wasmtime) and each
+//!   plugin version's circuit breaker.
 //! * [`reload`] — hot reload: file watcher, verify-then-swap, projection rebuilds.
 //! * [`store`] — the embedded durable log, cursors and plugin state, on `redb`.
 //! * [`transport`] — sources and sinks: HTTP ingest, SQS sources, SNS/SQS sinks (outbox and direct).

@@ -27,6 +27,8 @@ pub struct Route {
     pub direct: bool,
     /// Topic globs its plugins may emit to; `None`, any non-reserved topic.
     pub topics: Option<Vec<String>>,
+    /// What happens to a key whose event keeps failing transiently.
+    pub on_poison: crate::config::OnPoison,
 }
 
 impl Route {
@@ -118,6 +120,7 @@ mod tests {
             stages: vec![],
             direct: false,
             topics: None,
+            on_poison: Default::default(),
         }
     }
 

@@ -203,6 +203,7 @@ pub fn build_routes(config: &Config, stages: &BTreeMap<String, Stage>) -> RouteT
                 .topics
                 .as_ref()
                 .map(|ts| ts.iter().map(|t| t.get_ref().clone()).collect()),
+            on_poison: r.on_poison,
         })
         .collect();
     RouteTable::new(routes)

@@ -286,6 +286,21 @@ impl Store {
             .map(|v| v.value().to_vec()))
     }
 
+    /// Router records whose key starts with `prefix`, in key order.
+    pub fn meta_scan(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        let txn = self.inner.db.begin_read().map_err(read_err)?;
+        let table = txn.open_table(META).map_err(read_err)?;
+        let mut out = Vec::new();
+        for item in table.range(prefix..).map_err(read_err)? {
+            let (k, v) = item.map_err(read_err)?;
+            if !k.value().starts_with(prefix) {
+                break;
+            }
+            out.push((k.value().to_string(), v.value().to_vec()));
+        }
+        Ok(out)
+    }
+
     /// The data directory's path for derived files (the plugin compile cache).
     pub fn dir(&self) -> &Path {
         self.inner.path.parent().unwrap_or_else(|| Path::new("."))
@@ -543,6 +558,24 @@ mod tests {
         assert!(store.kv_scan("ns", "", 10).unwrap().is_empty());
         assert_eq!(store.kv_get("nt", "p/3").unwrap(), Some(vec![1]));
         assert_eq!(store.meta_get("m").unwrap(), Some(b"1".to_vec()));
+        store
+            .write(WriteBatch {
+                meta: vec![
+                    ("held/a".into(), Some(vec![1])),
+                    ("held/b".into(), Some(vec![2])),
+                    ("helt".into(), Some(vec![3])),
+                ],
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        let keys: Vec<_> = store
+            .meta_scan("held/")
+            .unwrap()
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect();
+        assert_eq!(keys, vec!["held/a", "held/b"]);
     }
 
     #[tokio::test]

@@ -20,6 +20,9 @@ instances = 2
 name = "chaos"
 match = ["*"]
 pipeline = ["chaos"]
+# Dead-letter a transient failure after its retries rather than hold the key
+# (holding is tested in poison_key.rs).
+on_poison = "dead-letter"
 "#,
         plugin("chaos").display()
     ))

@@ -212,3 +212,211 @@ fn a_rebuild_on_demand_gives_the_same_state() {
         .unwrap();
     assert_eq!(resp.status(), 404);
 }
+
+#[test]
+fn a_rebuild_killed_with_sigkill_resumes_after_restart_and_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let live = dir.path().join("counter.wasm");
+    let (v1, v2) = (
+        plugin("counter-projection"),
+        plugin("counter-projection-v2"),
+    );
+    std::fs::copy(&v1, &live).unwrap();
+    let router = Router::start(dir.path(), &counter_config(&live));
+    let mut posted = 0;
+    for _ in 0..100 {
+        post_batch(&router, posted, 100);
+        posted += 100;
+    }
+
+    // Events keep coming while the rebuild runs and when the process dies.
+    let accepted: Arc<std::sync::Mutex<Vec<String>>> = Arc::default();
+    let stop = Arc::new(AtomicBool::new(false));
+    let feeder = {
+        let (stop, accepted, url) = (stop.clone(), accepted.clone(), router.url("/v1/events"));
+        std::thread::spawn(move || {
+            let agent = agent();
+            let mut n = 0;
+            while !stop.load(Ordering::Relaxed) {
+                let ev = hmpps(
+                    RECEIVED,
+                    &format!("P{:02}", n % 40),
+                    "LEI",
+                    "2024-06-12T10:00:00Z",
+                );
+                n += 1;
+                // Refused connections after the kill are expected.
+                if let Ok(mut r) = agent
+                    .post(&url)
+                    .header("content-type", "application/json")
+                    .send(ev.to_string().as_bytes())
+                    && r.status() == 202
+                {
+                    let v: Value =
+                        serde_json::from_str(&r.body_mut().read_to_string().unwrap()).unwrap();
+                    accepted
+                        .lock()
+                        .unwrap()
+                        .push(v["id"].as_str().unwrap().to_string());
+                }
+            }
+        })
+    };
+    install_atomically(&v2, &live);
+    let status = router.wait_plugin("counter", "the rebuild to be under way", |s| {
+        let r = &s["rebuild"];
+        r["state"] == "running"
+            && r["offset"].as_u64() > Some(0)
+            && r["offset"].as_u64() < r["total"].as_u64()
+    });
+    let reached = status["rebuild"]["offset"].as_u64().unwrap();
+    router.kill9();
+    stop.store(true, Ordering::Relaxed);
+    feeder.join().unwrap();
+    let accepted = accepted.lock().unwrap().clone();
+
+    // The store opens cleanly, the rebuild resumes from its own cursor and
+    // finishes, and v2 takes over.
+    let router = Router::start(dir.path(), &counter_config(&live));
+    let ver2 = version_of(&v2);
+    let status = router.wait_plugin("counter", "the resumed rebuild to finish", |s| {
+        s["rebuild"]["state"] == "done" && s["version"] == ver2.as_str()
+    });
+    assert_eq!(
+        status["namespace"], "counter/g2",
+        "the same generation, resumed"
+    );
+    let started = router.log_lines("projection rebuild started");
+    let from: u64 = started[0]
+        .split("from=")
+        .nth(1)
+        .and_then(|s| s.split_whitespace().next())
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no from= in {started:?}"));
+    assert!(from >= reached, "resumed at {from}, had reached {reached}");
+
+    // No accepted event is missing, each has one output, and the state is
+    // v2's over the whole log.
+    let events = router.topic("events");
+    let ids: std::collections::HashSet<&str> =
+        events.iter().map(|e| e["id"].as_str().unwrap()).collect();
+    assert_eq!(ids.len(), events.len(), "no event twice");
+    let missing: Vec<_> = accepted
+        .iter()
+        .filter(|id| !ids.contains(id.as_str()))
+        .collect();
+    assert!(missing.is_empty(), "accepted but missing: {missing:?}");
+    assert!(events.len() >= posted + accepted.len());
+    let outputs = router.wait_for("counter-state", events.len());
+    assert_eq!(outputs.len(), events.len(), "one output per event");
+    let rebuilt = state(&router);
+    assert_eq!(counts(&rebuilt), events.len() as u64);
+    assert_eq!(rebuilt, state_from_scratch(&router, &v2));
+}
+
+#[test]
+fn a_dead_letter_of_a_projection_rebuilt_since_is_not_replayed_twice() {
+    let dir = tempfile::tempdir().unwrap();
+    let live = dir.path().join("counter.wasm");
+    let (v1, v2) = (
+        plugin("counter-projection"),
+        plugin("counter-projection-v2"),
+    );
+    std::fs::copy(&v1, &live).unwrap();
+    let router = Router::start(dir.path(), &counter_config(&live));
+    post_batch(&router, 0, 10);
+    let mut poison = hmpps(RECEIVED, "P00", "MDI", "2024-06-11T14:41:22Z");
+    poison["poison"] = json!(true);
+    let (status, body) = router.post_json(&poison);
+    assert_eq!(status, 202, "{body}");
+    router.wait_for("counter-state", 10);
+    let dead = router.wait_for("dead-letter", 1);
+    assert_eq!(dead[0]["data"]["reason"], "trap");
+    assert_eq!(dead[0]["data"]["namespaces"], json!(["counter/g1"]));
+
+    // The fix is a new version: its rebuild counts the poison event in place.
+    install_atomically(&v2, &live);
+    let ver2 = version_of(&v2);
+    router.wait_plugin("counter", "the rebuild to finish", |s| {
+        s["rebuild"]["state"] == "done" && s["version"] == ver2.as_str()
+    });
+    assert_eq!(counts(&state(&router)), 11);
+
+    // Replaying its dead letter would count it twice: it is marked instead.
+    let (status, report) = router.post_admin("/v1/dead-letter/replay", &json!({}));
+    assert_eq!(status, 200, "{report}");
+    assert_eq!(
+        (report["superseded"].as_u64(), report["replayed"].as_u64()),
+        (Some(1), Some(0)),
+        "{report}"
+    );
+    assert_eq!(router.topic_len("events"), 11);
+    let (_, list) = router.get("/v1/dead-letter?replayed=true");
+    let mark = &list["records"][0]["replayed"];
+    assert!(
+        mark["supersededBy"]
+            .as_str()
+            .unwrap()
+            .contains("counter/g2"),
+        "{mark}"
+    );
+    assert_eq!(counts(&state(&router)), 11);
+    let (_, report) = router.post_admin("/v1/dead-letter/replay", &json!({}));
+    assert_eq!(report["alreadyReplayed"], 1, "{report}");
+}
+
+#[test]
+fn events_held_during_a_rebuild_are_counted_once_after_the_switch_over() {
+    let dir = tempfile::tempdir().unwrap();
+    let live = dir.path().join("counter.wasm");
+    let (v1, v2) = (
+        plugin("counter-projection"),
+        plugin("counter-projection-v2"),
+    );
+    std::fs::copy(&v1, &live).unwrap();
+    let config = config_with_router(
+        "hold_retries = 1000000\nhold_backoff_ms = 50\nhold_max_backoff_ms = 200",
+        &format!(
+            "[plugins.counter]\npath = \"{}\"\nprojection = true\ncapabilities = [\"kv\"]\n\n[[routes]]\nname = \"count\"\nmatch = [\"*\"]\npipeline = [\"counter\"]\n",
+            live.display()
+        ),
+    );
+    let router = Router::start(dir.path(), &config);
+    post_batch(&router, 0, 200);
+    // v1 fails this one transiently: key P00 is held, its next events wait.
+    let mut flaky = hmpps(RECEIVED, "P00", "MDI", "2024-06-11T14:41:22Z");
+    flaky["flaky"] = json!(true);
+    for ev in [
+        flaky,
+        hmpps(RELEASED, "P00", "MDI", "2024-06-12T10:00:00Z"),
+        hmpps(RECEIVED, "P00", "LEI", "2024-06-13T10:00:00Z"),
+    ] {
+        let (status, body) = router.post_json(&ev);
+        assert_eq!(status, 202, "{body}");
+    }
+    router.wait_for("counter-state", 200);
+    router.wait_until("P00's three events to be held", || {
+        let (_, body) = router.get("/v1/dead-letter");
+        body["held"][0]["offsets"]
+            .as_array()
+            .is_some_and(|o| o.len() == 3)
+    });
+
+    // The rebuild skips the held events; after the switch-over v2 counts
+    // them, once, in order.
+    install_atomically(&v2, &live);
+    let ver2 = version_of(&v2);
+    router.wait_plugin("counter", "the rebuild to finish", |s| {
+        s["rebuild"]["state"] == "done" && s["version"] == ver2.as_str()
+    });
+    router.wait_until("the held key to be released", || {
+        let (_, body) = router.get("/v1/dead-letter");
+        body["held"] == json!([])
+    });
+    let outputs = router.wait_for("counter-state", 203);
+    assert_eq!(outputs.len(), 203, "one output per event");
+    let rebuilt = state(&router);
+    assert_eq!(counts(&rebuilt), 203, "{rebuilt}");
+    assert_eq!(router.topic_len("dead-letter"), 0);
+    assert_eq!(rebuilt, state_from_scratch(&router, &v2));
+}

@@ -17,6 +17,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 mod auth;
+mod dead_letter;
 mod plugins;
 
 pub use auth::{AdminToken, require_admin};
@@ -46,6 +47,8 @@ pub fn routes(rt: Arc<Runtime>) -> axum::Router {
         .route("/v1/plugins/{name}/state", get(plugins::state))
         .route("/v1/config", get(plugins::config))
         .route("/v1/config/reload", post(plugins::reload_config))
+        .route("/v1/dead-letter", get(dead_letter::list))
+        .route("/v1/dead-letter/replay", post(dead_letter::replay))
         .with_state(rt)
 }
 

@@ -41,6 +41,7 @@ pub async fn list(State(rt): State<Arc<Runtime>>) -> Json<serde_json::Value> {
                 "lastReload": status.history.last(),
                 "reloads": status.history,
                 "rebuild": status.rebuild,
+                "breaker": p.breaker().view(),
             })
         })
         .collect();

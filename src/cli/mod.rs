@@ -64,12 +64,23 @@ enum Command {
         #[arg(long, default_value = "config/switchyard.toml")]
         config: PathBuf,
     },
-    /// Rebuild a projection's state from the event log on a running router
-    /// (blue/green: the current state serves until the rebuild caught up).
+    /// On a running router: rebuild a projection's state from the event log
+    /// (blue/green: the current state serves until the rebuild caught up), or
+    /// re-inject the dead-letter topic's records into the pipeline.
+    #[command(group(clap::ArgGroup::new("what").required(true).args(["projection", "dead_letter"])))]
     Replay {
         /// The projection plugin to rebuild.
         #[arg(long)]
-        projection: String,
+        projection: Option<String>,
+        /// Re-inject dead-letter records (each at most once) into the pipeline.
+        #[arg(long)]
+        dead_letter: bool,
+        /// With --dead-letter: only records matching `plugin=X,reason=Y,type=Z`.
+        #[arg(long, requires = "dead_letter")]
+        filter: Option<String>,
+        /// With --dead-letter: say what would be replayed, replay nothing.
+        #[arg(long, requires = "dead_letter")]
+        dry_run: bool,
         /// The router's address.
         #[arg(long, default_value = "http://127.0.0.1:8080", env = "SWITCHYARD_URL")]
         url: String,
@@ -218,10 +229,26 @@ fn run(command: Command) -> Result<ExitCode> {
         Command::Validate { config } => ok(rt.block_on(validate(&config))),
         Command::Replay {
             projection,
+            dead_letter,
+            filter,
+            dry_run,
             url,
             wait,
             token,
-        } => ok(replay::replay(&url, &projection, wait, token.as_deref())),
+        } => ok(match (projection, dead_letter) {
+            (Some(projection), false) => {
+                replay::replay(&url, &projection, wait, token.as_deref())
+            }
+            (None, true) => replay::dead_letters(
+                &url,
+                filter.as_deref().unwrap_or(""),
+                dry_run,
+                token.as_deref(),
+            ),
+            _ => Err(anyhow::anyhow!(
+                "replay needs exactly one of --projection NAME or --dead-letter"
+            )),
+        }),
         Command::Aws {
             command: AwsCommand::Setup { config },
         } => ok(rt.block_on(aws_setup(&config))),

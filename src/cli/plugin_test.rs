@@ -110,6 +110,7 @@ pub async fn test(args: TestArgs) -> Result<bool> {
             .capabilities
             .clone()
             .unwrap_or_else(|| vec![Capability::Log, Capability::Clock, Capability::Kv]),
+        breaker: Default::default(),
     };
     let host = PluginHost::new()?;
     let plugin = host.load(spec).await?;

@@ -9,7 +9,9 @@
 //! **Invariant:** events with the same key are handled in offset order; events
 //! with different keys in the same batch run in parallel.
 
+mod hold;
 mod kv;
+pub mod replay;
 mod stage;
 
 use std::collections::HashMap;
@@ -19,12 +21,15 @@ use std::time::Duration;
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
 
+pub use hold::{HELD_PREFIX, Held, load as held_keys};
 pub use kv::{BatchKv, UnitKv};
 pub(crate) use stage::call_with_retries;
-pub use stage::{DEAD_LETTER_TYPE, StageFailure, StagePolicy, dead_letter, derive_id, run_route};
+pub use stage::{
+    DEAD_LETTER_TYPE, StageFailure, StagePolicy, dead_letter, derive_id, replay_count, run_route,
+};
 
 use crate::config::RouterConfig;
-use crate::event::Event;
+use crate::event::{ATTR_REPLAY_ROUTE, Event};
 use crate::router::RouteTable;
 use crate::store::{Record, Store, WriteBatch};
 
@@ -53,6 +58,18 @@ struct Unit {
     index: usize,
     appends: Vec<(String, Event)>,
 }
+
+/// What every task of a batch or a retry shares.
+#[derive(Clone)]
+struct Ctx {
+    routes: Arc<RouteTable>,
+    kv: Arc<BatchKv>,
+    policy: StagePolicy,
+    dlq: String,
+}
+
+/// The held routes of one key, by route name.
+type KeyHolds = HashMap<String, Held>;
 
 impl Pipeline {
     pub fn new(
@@ -92,6 +109,37 @@ impl Pipeline {
         };
         tracing::info!(topic = %self.input, cursor, "router consuming");
         while !*shutdown.borrow() {
+            // Held keys whose retry is due go first; the wait for the next
+            // one bounds the sleep when idle.
+            let due = match hold::load(&self.store) {
+                Ok(held) => hold::next_due(&held),
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot read held keys");
+                    Some(COMMIT_RETRY)
+                }
+            };
+            if due == Some(Duration::ZERO) {
+                let gate = self.gate.lock().await;
+                let written = match self.retry_held().await {
+                    Ok(batch) if batch.is_empty() => Ok(()),
+                    Ok(batch) => self
+                        .store
+                        .write(batch)
+                        .await
+                        .map(|_| ())
+                        .map_err(|e| e.to_string()),
+                    Err(e) => Err(e),
+                };
+                drop(gate);
+                if let Err(e) = written {
+                    tracing::error!(error = %e, "retry of held keys failed, will retry");
+                    if wait_or_stop(&mut shutdown, COMMIT_RETRY).await {
+                        return;
+                    }
+                    continue;
+                }
+                // Go on to the next batch: held keys never starve the log.
+            }
             let records = match self.store.read(&self.input, cursor, self.batch_size) {
                 Ok(r) => r,
                 Err(e) => {
@@ -104,9 +152,15 @@ impl Pipeline {
             };
             let Some(last) = records.last().map(|r| r.offset) else {
                 // Caught up: sleep until the topic grows or we are told to stop.
+                let idle = match due {
+                    // Retried just now: the next one is at least a tick away.
+                    Some(d) => d.max(Duration::from_millis(10)),
+                    None => Duration::from_secs(3600),
+                };
                 tokio::select! {
                     r = len.changed() => if r.is_err() { return },
                     _ = shutdown.changed() => {}
+                    _ = tokio::time::sleep(idle) => {}
                 }
                 continue;
             };
@@ -138,15 +192,25 @@ impl Pipeline {
         tracing::info!(cursor, "router stopped");
     }
 
+    fn ctx(&self) -> Ctx {
+        Ctx {
+            routes: self
+                .routes
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone(),
+            kv: BatchKv::new(self.store.clone()),
+            policy: self.policy.clone(),
+            dlq: self.dead_letter_topic.clone(),
+        }
+    }
+
     /// Runs a batch: one task per key (in order within it), at most `workers`
-    /// at once. Returns what to commit.
+    /// at once. Returns what to commit: outputs, dead letters, state and the
+    /// held keys it started or added to.
     async fn process(&self, records: &[Record]) -> Result<WriteBatch, String> {
-        let routes = self
-            .routes
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
-        let kv = BatchKv::new(self.store.clone());
+        let ctx = self.ctx();
+        let mut held = hold::load(&self.store).map_err(|e| e.to_string())?;
         let mut groups: HashMap<&str, Vec<usize>> = HashMap::new();
         let mut order = Vec::new();
         for (i, r) in records.iter().enumerate() {
@@ -162,26 +226,41 @@ impl Pipeline {
         let limit = Arc::new(Semaphore::new(self.workers));
         let mut tasks = JoinSet::new();
         for key in order {
-            let events: Vec<(usize, Event)> = groups[key]
+            let events: Vec<(usize, u64, Event)> = groups[key]
                 .iter()
-                .map(|&i| (i, records[i].event.clone()))
+                .map(|&i| (i, records[i].offset, records[i].event.clone()))
                 .collect();
-            let (routes, kv, limit) = (routes.clone(), kv.clone(), limit.clone());
-            let (policy, dlq) = (self.policy.clone(), self.dead_letter_topic.clone());
+            let mut holds: KeyHolds = KeyHolds::new();
+            for route in ctx.routes.routes() {
+                if let Some(h) = held.remove(&(route.name.clone(), key.to_string())) {
+                    holds.insert(route.name.clone(), h);
+                }
+            }
+            let (ctx, limit, key) = (ctx.clone(), limit.clone(), key.to_string());
             tasks.spawn(async move {
                 let _permit = limit.acquire_owned().await;
+                let before = holds.clone();
                 let mut units = Vec::with_capacity(events.len());
-                for (index, ev) in events {
-                    let appends = handle_event(&routes, &ev, &kv, &policy, &dlq).await;
+                for (index, offset, ev) in events {
+                    let appends = handle_event(&ctx, &key, offset, &ev, &mut holds).await;
                     units.push(Unit { index, appends });
                 }
-                units
+                let changed: Vec<(String, Option<Vec<u8>>)> = holds
+                    .iter()
+                    .filter(|(r, h)| before.get(*r) != Some(*h))
+                    .map(|(_, h)| (h.meta_key(), Some(h.to_bytes())))
+                    .collect();
+                (units, changed)
             });
         }
         let mut units = Vec::with_capacity(records.len());
+        let mut meta = Vec::new();
         while let Some(done) = tasks.join_next().await {
             match done {
-                Ok(u) => units.extend(u),
+                Ok((u, m)) => {
+                    units.extend(u);
+                    meta.extend(m);
+                }
                 // A panic in our own code: the batch cannot be trusted, so
                 // commit nothing and let it be retried.
                 Err(e) => return Err(format!("pipeline task failed: {e}")),
@@ -190,55 +269,207 @@ impl Pipeline {
         units.sort_by_key(|u| u.index);
         Ok(WriteBatch {
             appends: units.into_iter().flat_map(|u| u.appends).collect(),
-            kv: kv.take(),
+            kv: ctx.kv.take(),
+            meta,
             ..Default::default()
         })
     }
+
+    /// Retries the first event of every held key whose time has come, and
+    /// the events waiting behind it while they succeed. Returns what to
+    /// commit (no cursor: these events are behind it already).
+    async fn retry_held(&self) -> Result<WriteBatch, String> {
+        let mut ctx = self.ctx();
+        ctx.policy.held_retry = true;
+        let now = hold::now_ms();
+        let due: Vec<Held> = hold::load(&self.store)
+            .map_err(|e| e.to_string())?
+            .into_values()
+            .filter(|h| h.due(now))
+            .collect();
+        let limit = Arc::new(Semaphore::new(self.workers));
+        let mut tasks = JoinSet::new();
+        for h in due {
+            let (ctx, limit) = (ctx.clone(), limit.clone());
+            let (store, input) = (self.store.clone(), self.input.clone());
+            tasks.spawn(async move {
+                let _permit = limit.acquire_owned().await;
+                retry_key(&ctx, &store, &input, h).await
+            });
+        }
+        let mut batch = WriteBatch::default();
+        let mut results = Vec::new();
+        while let Some(done) = tasks.join_next().await {
+            match done {
+                Ok(r) => results.push(r?),
+                Err(e) => return Err(format!("retry task failed: {e}")),
+            }
+        }
+        // Deterministic order of the dead-letter and output records.
+        results.sort_by(|a, b| a.0.cmp(&b.0));
+        for (key, appends, after) in results {
+            batch.appends.extend(appends);
+            batch.meta.push((key, after.map(|h| h.to_bytes())));
+        }
+        batch.kv = ctx.kv.take();
+        Ok(batch)
+    }
 }
 
-/// Runs one event through all its routes; a failed route becomes a
-/// dead-letter record and does not stop the others.
+/// Retries held key `h`: its first event, then the next ones while they
+/// succeed. Returns its meta key, the records to append and the record to
+/// keep (`None`: the key is free again).
+async fn retry_key(
+    ctx: &Ctx,
+    store: &Store,
+    input: &str,
+    mut h: Held,
+) -> Result<(String, Vec<(String, Event)>, Option<Held>), String> {
+    let meta_key = h.meta_key();
+    let mut appends = Vec::new();
+    let read = |offset: u64| -> Result<Event, String> {
+        match store.read(input, offset, 1) {
+            Ok(mut r) if r.first().is_some_and(|r| r.offset == offset) => Ok(r.remove(0).event),
+            Ok(_) => Err(format!("held event {input}@{offset} is missing")),
+            Err(e) => Err(e.to_string()),
+        }
+    };
+    let Some(route) = ctx.routes.routes().iter().find(|r| r.name == h.route) else {
+        // The route went away with a config reload while the key was held.
+        for &offset in &h.offsets {
+            let ev = read(offset)?;
+            let f = StageFailure::router(
+                "no-route",
+                format!(
+                    "route {:?} was removed while key {:?} was held",
+                    h.route, h.key
+                ),
+            );
+            appends.push((ctx.dlq.clone(), dead_letter(&ev, Some(&h.route), &f)));
+        }
+        return Ok((meta_key, appends, None));
+    };
+    if hold::rebuilding(store, route).map_err(|e| e.to_string())? {
+        h.next_at_ms = hold::now_ms()
+            + ctx
+                .policy
+                .hold_delay(h.retries)
+                .max(Duration::from_millis(10))
+                .as_millis() as u64;
+        return Ok((meta_key, appends, Some(h)));
+    }
+    while let Some(&offset) = h.offsets.first() {
+        let ev = read(offset)?;
+        let unit = UnitKv::new(ctx.kv.clone());
+        let fresh = h.attempts == 0 && h.retries == 0;
+        match stage::run_route(route, &ev, &unit, &ctx.policy).await {
+            Ok(outs) => {
+                unit.commit();
+                appends.extend(outs);
+                h.offsets.remove(0);
+                h.attempts = 0;
+                h.retries = 0;
+                tracing::info!(event = %ev.id, route = %route.name, key = %h.key, waiting = h.offsets.len(), "held event released");
+            }
+            // The key's next event failing in turn: it is held like a new one.
+            Err(f) if fresh && hold::holds(route, &f, &ctx.policy) => {
+                let offsets = std::mem::take(&mut h.offsets);
+                h = hold::start(route, &h.key, offset, &f, &ctx.policy);
+                h.offsets = offsets;
+                return Ok((meta_key, appends, Some(h)));
+            }
+            Err(f) if fresh => {
+                tracing::warn!(event = %ev.id, route = %route.name, reason = %f.kind, error = %f.error, "event dead-lettered");
+                appends.push((ctx.dlq.clone(), dead_letter(&ev, Some(&route.name), &f)));
+                h.offsets.remove(0);
+            }
+            Err(f) => match hold::failed_again(&mut h, route, &ev, &f, &ctx.policy) {
+                hold::Retried::Later => return Ok((meta_key, appends, Some(h))),
+                hold::Retried::DeadLettered(letter) => {
+                    appends.push((ctx.dlq.clone(), *letter));
+                    if h.parked {
+                        for offset in std::mem::take(&mut h.offsets) {
+                            appends.push((
+                                ctx.dlq.clone(),
+                                hold::parked_letter(&read(offset)?, &h, route),
+                            ));
+                        }
+                        return Ok((meta_key, appends, Some(h)));
+                    }
+                }
+            },
+        }
+    }
+    Ok((meta_key, appends, (h.parked).then_some(h)))
+}
+
+/// Runs one event through its routes (only the one named by a dead-letter
+/// replay, if any); a failed route becomes a dead-letter record, or holds
+/// the key on that route, and does not stop the others. A route on which
+/// the key is held only queues the event.
 async fn handle_event(
-    routes: &RouteTable,
+    ctx: &Ctx,
+    key: &str,
+    offset: u64,
     ev: &Event,
-    kv: &Arc<BatchKv>,
-    policy: &StagePolicy,
-    dead_letter_topic: &str,
+    holds: &mut KeyHolds,
 ) -> Vec<(String, Event)> {
     let mut appends = Vec::new();
     let mut routed = false;
-    for route in routes.matching(&ev.event_type) {
+    let only = ev.attributes.get(ATTR_REPLAY_ROUTE);
+    for route in ctx.routes.matching(&ev.event_type) {
+        if only.is_some_and(|name| *name != route.name) {
+            continue;
+        }
         routed = true;
         if route.direct {
             // Ran inside the ingest request; its outputs are already in the log.
             continue;
         }
-        let unit = UnitKv::new(kv.clone());
-        match stage::run_route(route, ev, &unit, policy).await {
+        if let Some(h) = holds.get_mut(&route.name) {
+            if h.parked {
+                tracing::warn!(event = %ev.id, route = %route.name, key, "event of a parked key dead-lettered");
+                appends.push((ctx.dlq.clone(), hold::parked_letter(ev, h, route)));
+            } else {
+                tracing::debug!(event = %ev.id, route = %route.name, key, "event waits behind its held key");
+                h.offsets.push(offset);
+            }
+            continue;
+        }
+        let unit = UnitKv::new(ctx.kv.clone());
+        match stage::run_route(route, ev, &unit, &ctx.policy).await {
             Ok(outs) => {
                 unit.commit();
                 appends.extend(outs);
             }
+            Err(f) if hold::holds(route, &f, &ctx.policy) => {
+                holds.insert(
+                    route.name.clone(),
+                    hold::start(route, key, offset, &f, &ctx.policy),
+                );
+            }
             Err(f) => {
                 tracing::warn!(event = %ev.id, route = %route.name, plugin = %f.plugin, reason = %f.kind, error = %f.error, "event dead-lettered");
-                appends.push((
-                    dead_letter_topic.to_string(),
-                    dead_letter(ev, Some(&route.name), &f),
-                ));
+                appends.push((ctx.dlq.clone(), dead_letter(ev, Some(&route.name), &f)));
             }
         }
     }
     if !routed {
-        let f = StageFailure {
-            kind: "no-route".into(),
-            error: format!("no route matches event type {:?}", ev.event_type),
-            stage: 0,
-            plugin: String::new(),
-            plugin_version: String::new(),
-            attempts: 0,
+        let f = match only {
+            Some(name) => StageFailure::router(
+                "no-route",
+                format!(
+                    "replayed for route {name:?}, which no longer takes event type {:?}",
+                    ev.event_type
+                ),
+            ),
+            None => StageFailure::router(
+                "no-route",
+                format!("no route matches event type {:?}", ev.event_type),
+            ),
         };
         tracing::warn!(event = %ev.id, r#type = %ev.event_type, "event has no route");
-        appends.push((dead_letter_topic.to_string(), dead_letter(ev, None, &f)));
+        appends.push((ctx.dlq.clone(), dead_letter(ev, None, &f)));
     }
     appends
 }

@@ -7,9 +7,10 @@ use std::time::Duration;
 use serde_json::json;
 
 use super::kv::UnitKv;
+use crate::config::OnOpen;
 use crate::config::{Capability, check_topic_name};
-use crate::event::{ATTR_PLUGIN, ATTR_PLUGIN_VERSION, Event};
-use crate::plugin::{CallError, Plugin};
+use crate::event::{ATTR_PLUGIN, ATTR_PLUGIN_VERSION, ATTR_REPLAY_COUNT, Event};
+use crate::plugin::{Admit, CallError, Plugin, Verdict};
 use crate::router::Route;
 
 /// Event type of dead-letter records.
@@ -26,6 +27,17 @@ pub struct StagePolicy {
     /// Topics plugins may not write to (the ingest topic, to avoid loops, and
     /// the dead-letter topic, which only the router writes).
     pub reserved_topics: Vec<String>,
+    /// Retries of a held event (see `pipeline::hold`) before it is
+    /// dead-lettered.
+    pub hold_retries: u32,
+    /// Wait before the first retry of a held event; doubles each retry.
+    pub hold_backoff: Duration,
+    /// Cap on the wait between retries of a held event.
+    pub hold_max_backoff: Duration,
+    /// Set for the retries of held events: their failures do not count
+    /// towards opening the circuit (one poison event must not open a plugin
+    /// for every key), though a retry that is the probe decides it.
+    pub held_retry: bool,
 }
 
 impl StagePolicy {
@@ -35,7 +47,18 @@ impl StagePolicy {
             max_attempts: cfg.max_attempts,
             retry_backoff: Duration::from_millis(cfg.retry_backoff_ms),
             reserved_topics: vec![input.to_string(), cfg.dead_letter_topic.clone()],
+            hold_retries: cfg.hold_retries,
+            hold_backoff: Duration::from_millis(cfg.hold_backoff_ms),
+            hold_max_backoff: Duration::from_millis(cfg.hold_max_backoff_ms),
+            held_retry: false,
         }
+    }
+
+    /// The wait before retry number `retry` (0-based) of a held event.
+    pub fn hold_delay(&self, retry: u32) -> Duration {
+        self.hold_backoff
+            .saturating_mul(2u32.saturating_pow(retry.min(20)))
+            .min(self.hold_max_backoff.max(self.hold_backoff))
     }
 }
 
@@ -48,6 +71,38 @@ pub struct StageFailure {
     pub plugin: String,
     pub plugin_version: String,
     pub attempts: u32,
+    /// Whether the event may succeed later as it is (a transient failure
+    /// after its retries, or an open circuit whose plugin waits): the
+    /// pipeline may hold its key instead of dead-lettering it.
+    pub transient: bool,
+    /// For an open circuit: when its next probe is due.
+    pub retry_in: Option<Duration>,
+    /// The route's stages' state namespaces when it failed: a replay after a
+    /// projection was rebuilt (new namespace) would apply the event twice.
+    pub namespaces: Vec<String>,
+}
+
+impl StageFailure {
+    /// A failure of the router itself rather than of a stage.
+    pub fn router(kind: &str, error: String) -> Self {
+        Self {
+            kind: kind.to_string(),
+            error,
+            stage: 0,
+            plugin: String::new(),
+            plugin_version: String::new(),
+            attempts: 0,
+            transient: false,
+            retry_in: None,
+            namespaces: Vec::new(),
+        }
+    }
+
+    /// The same failure, naming `route`'s state namespaces.
+    pub fn on(mut self, route: &Route) -> Self {
+        self.namespaces = route.stages.iter().map(|s| s.namespace.clone()).collect();
+        self
+    }
 }
 
 /// A deterministic id from the input id and where the output was made.
@@ -67,33 +122,101 @@ pub async fn run_route(
     kv: &Arc<UnitKv>,
     policy: &StagePolicy,
 ) -> Result<Vec<(String, Event)>, StageFailure> {
+    run_stages(route, input, kv, policy)
+        .await
+        .map_err(|f| f.on(route))
+}
+
+async fn run_stages(
+    route: &Route,
+    input: &Event,
+    kv: &Arc<UnitKv>,
+    policy: &StagePolicy,
+) -> Result<Vec<(String, Event)>, StageFailure> {
     let mut current: Vec<(String, Event)> = vec![(String::new(), input.clone())];
     for (si, stage) in route.stages.iter().enumerate() {
         let plugin = &stage.plugin;
         let mut next = Vec::new();
         for (_, ev) in &current {
-            let (outs, _attempts) = call_with_retries(plugin, &stage.namespace, ev, kv, policy)
-                .await
-                .map_err(|(e, attempts)| failure(plugin, si, e.kind(), e.to_string(), attempts))?;
-            check_volume(&outs, &plugin.spec().limits)
-                .map_err(|reason| failure(plugin, si, "bad-output", reason, 1))?;
-            for (oi, mut out) in outs.into_iter().enumerate() {
-                fill_defaults(&mut out.event, ev, plugin, &route.name, si, oi);
-                check_output(&out.topic, &out.event, policy)
-                    .map_err(|reason| failure(plugin, si, "bad-output", reason, 1))?;
-                if !route.allows_topic(&out.topic) {
-                    let reason = format!(
-                        "route {:?} does not allow output to topic {:?}",
-                        route.name, out.topic
+            let breaker = plugin.breaker();
+            let probe = match breaker.admit() {
+                Admit::Call => false,
+                Admit::Probe => true,
+                Admit::Open(wait) => {
+                    let mut f = failure(
+                        plugin,
+                        si,
+                        "circuit-open",
+                        format!(
+                            "the circuit of plugin {:?} is open after failures in a row; next probe in {} ms",
+                            plugin.name(),
+                            wait.as_millis()
+                        ),
+                        0,
                     );
-                    return Err(failure(plugin, si, "bad-output", reason, 1));
+                    f.transient = breaker.config().on_open == OnOpen::Wait;
+                    f.retry_in = Some(wait);
+                    return Err(f);
                 }
-                next.push((out.topic, out.event));
+            };
+            let result = call_stage(route, si, plugin, &stage.namespace, ev, kv, policy).await;
+            let verdict = verdict(&result);
+            if probe || !policy.held_retry || verdict != Verdict::Failed {
+                breaker.record(probe, verdict);
             }
+            next.extend(result?);
         }
         current = next;
     }
     Ok(current)
+}
+
+/// What a stage's outcome says about the plugin's health.
+fn verdict<T>(r: &Result<T, StageFailure>) -> Verdict {
+    match r {
+        Ok(_) => Verdict::Healthy,
+        // The plugin judged the event: it works as meant.
+        Err(f) if f.kind == "bad-event" => Verdict::Healthy,
+        // The host failed under it (state store unavailable).
+        Err(f) if f.kind == "host-failure" => Verdict::Neutral,
+        Err(_) => Verdict::Failed,
+    }
+}
+
+/// One call of one stage on one event, with retries and output checks.
+async fn call_stage(
+    route: &Route,
+    si: usize,
+    plugin: &Plugin,
+    namespace: &str,
+    ev: &Event,
+    kv: &Arc<UnitKv>,
+    policy: &StagePolicy,
+) -> Result<Vec<(String, Event)>, StageFailure> {
+    let (outs, _attempts) = call_with_retries(plugin, namespace, ev, kv, policy)
+        .await
+        .map_err(|(e, attempts)| {
+            let mut f = failure(plugin, si, e.kind(), e.to_string(), attempts);
+            f.transient = e.is_transient();
+            f
+        })?;
+    check_volume(&outs, &plugin.spec().limits)
+        .map_err(|reason| failure(plugin, si, "bad-output", reason, 1))?;
+    let mut next = Vec::with_capacity(outs.len());
+    for (oi, mut out) in outs.into_iter().enumerate() {
+        fill_defaults(&mut out.event, ev, plugin, &route.name, si, oi);
+        check_output(&out.topic, &out.event, policy)
+            .map_err(|reason| failure(plugin, si, "bad-output", reason, 1))?;
+        if !route.allows_topic(&out.topic) {
+            let reason = format!(
+                "route {:?} does not allow output to topic {:?}",
+                route.name, out.topic
+            );
+            return Err(failure(plugin, si, "bad-output", reason, 1));
+        }
+        next.push((out.topic, out.event));
+    }
+    Ok(next)
 }
 
 fn failure(
@@ -113,6 +236,9 @@ fn failure(
         plugin: plugin.name().to_string(),
         plugin_version: plugin.version().to_string(),
         attempts,
+        transient: false,
+        retry_in: None,
+        namespaces: Vec::new(),
     }
 }
 
@@ -217,10 +343,21 @@ fn check_output(topic: &str, ev: &Event, policy: &StagePolicy) -> Result<(), Str
     Ok(())
 }
 
-/// The dead-letter record for `input` failing on `route`: deterministic id,
-/// the original event whole (so it can be replayed), and why.
+/// How many times `ev` was re-injected from the dead-letter topic (0 for an
+/// event as it was ingested).
+pub fn replay_count(ev: &Event) -> usize {
+    ev.attributes
+        .get(ATTR_REPLAY_COUNT)
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
+/// The dead-letter record for `input` failing on `route`: deterministic id
+/// (a replayed event that fails again gets a new one), the original event
+/// whole (so it can be replayed), and why.
 pub fn dead_letter(input: &Event, route: Option<&str>, f: &StageFailure) -> Event {
     let route_name = route.unwrap_or("");
+    let replays = replay_count(input);
     let data = json!({
         "reason": f.kind,
         "error": f.error,
@@ -229,6 +366,8 @@ pub fn dead_letter(input: &Event, route: Option<&str>, f: &StageFailure) -> Even
         "plugin": f.plugin,
         "pluginVersion": f.plugin_version,
         "attempts": f.attempts,
+        "replays": replays,
+        "namespaces": f.namespaces,
         "at": chrono::Utc::now().to_rfc3339(),
         "event": input,
     });
@@ -239,7 +378,7 @@ pub fn dead_letter(input: &Event, route: Option<&str>, f: &StageFailure) -> Even
         attributes.insert(ATTR_PLUGIN_VERSION.into(), f.plugin_version.clone());
     }
     Event {
-        id: derive_id(&input.id, route_name, usize::MAX, 0),
+        id: derive_id(&input.id, route_name, usize::MAX, replays),
         event_type: DEAD_LETTER_TYPE.into(),
         version: "1".into(),
         source: "urn:switchyard:router".into(),
@@ -271,6 +410,10 @@ mod tests {
             max_attempts: 1,
             retry_backoff: Duration::ZERO,
             reserved_topics: vec!["events".into()],
+            hold_retries: 0,
+            hold_backoff: Duration::ZERO,
+            hold_max_backoff: Duration::ZERO,
+            held_retry: false,
         };
         let ev = Event {
             id: "x".into(),

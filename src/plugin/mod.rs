@@ -6,6 +6,7 @@
 //! sees [`Plugin::handle`] taking an [`Event`] and giving [`Output`]s or a
 //! [`CallError`].
 
+mod breaker;
 mod cache;
 mod host;
 mod inspect;
@@ -22,6 +23,7 @@ use tokio::sync::Semaphore;
 use wasmtime::component::Component;
 use wasmtime::{Store, UpdateDeadline};
 
+pub use breaker::{Admit, Breaker, BreakerView, CircuitState, Verdict};
 pub use cache::CompileCache;
 pub use host::KvAccess;
 use host::{Failure, Processor, ProcessorPre, State, WitEvent};
@@ -31,7 +33,7 @@ pub use inspect::{
 };
 pub use limits::{EPOCH_TICK, Limits, SharedEngine};
 
-use crate::config::{Capability, PluginConfig};
+use crate::config::{BreakerConfig, Capability, PluginConfig};
 use crate::event::Event;
 
 /// Why a plugin could not be loaded.
@@ -146,6 +148,8 @@ pub struct PluginSpec {
     pub config_json: String,
     pub limits: Limits,
     pub grants: Vec<Capability>,
+    /// When to stop calling the plugin after failures in a row.
+    pub breaker: BreakerConfig,
 }
 
 impl PluginSpec {
@@ -163,6 +167,7 @@ impl PluginSpec {
                 max_output_bytes: cfg.max_output_bytes,
             },
             grants: cfg.capabilities.clone(),
+            breaker: cfg.breaker.clone(),
         }
     }
 }
@@ -313,6 +318,8 @@ pub struct Plugin {
     /// The most recent failure, so an operator sees why without reading
     /// the dead-letter topic.
     last_error: Mutex<Option<LastError>>,
+    /// This version's circuit breaker: a reload starts with a closed one.
+    breaker: Breaker,
 }
 
 /// A plugin's most recent failure, as `GET /v1/plugins` shows it.
@@ -356,6 +363,11 @@ impl Plugin {
 
     pub fn spec(&self) -> &PluginSpec {
         &self.spec
+    }
+
+    /// The circuit breaker the pipeline consults before each call.
+    pub fn breaker(&self) -> &Breaker {
+        &self.breaker
     }
 
     /// Calls made and calls that failed, since load.
@@ -429,6 +441,7 @@ impl Plugin {
             digest,
             from_cache,
             permits: Semaphore::new(spec.limits.instances),
+            breaker: Breaker::new(&spec.name, spec.breaker.clone()),
             spec,
             pre,
             _engine: engine,

@@ -21,6 +21,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use super::status::RebuildProgress;
+use crate::event::ATTR_REPLAY_COUNT;
 use crate::pipeline::{BatchKv, StagePolicy, UnitKv, call_with_retries};
 use crate::plugin::{Plugin, PluginHost};
 use crate::router::Stage;
@@ -188,9 +189,8 @@ pub async fn run(
     let consumer = rt.config.router.consumer.clone();
     let batch_size = rt.config.router.batch_size;
     let policy = StagePolicy {
-        max_attempts: rt.config.router.max_attempts,
-        retry_backoff: Duration::from_millis(rt.config.router.retry_backoff_ms),
         reserved_topics: Vec::new(),
+        ..StagePolicy::new(&input, &rt.config.router)
     };
     let e = |e: StoreError| e.to_string();
     let mut meta = read_meta(&rt.store, &name).map_err(e)?;
@@ -334,6 +334,22 @@ async fn replay(
         return Ok(offset);
     };
     let routes = rt.routes();
+    // Events held on the projection's routes have not been applied live;
+    // they stay held until after the switch-over and are applied then.
+    let held: std::collections::HashSet<u64> = crate::pipeline::held_keys(&rt.store)
+        .map_err(|e| e.to_string())?
+        .into_values()
+        .filter(|h| {
+            routes.routes().iter().any(|route| {
+                route.name == h.route
+                    && route
+                        .stages
+                        .first()
+                        .is_some_and(|s| s.plugin.name() == job.name)
+            })
+        })
+        .flat_map(|h| h.offsets)
+        .collect();
     let kv = BatchKv::new(rt.store.clone());
     for r in &records {
         let routed = routes.routes().iter().any(|route| {
@@ -343,7 +359,10 @@ async fn replay(
                 .is_some_and(|s| s.plugin.name() == job.name)
                 && route.matches(&r.event.event_type)
         });
-        if !routed {
+        // A copy re-injected from the dead-letter topic: the rebuild already
+        // gave the new version the original, at its place in the log.
+        if !routed || r.event.attributes.contains_key(ATTR_REPLAY_COUNT) || held.contains(&r.offset)
+        {
             continue;
         }
         let unit = UnitKv::new(kv.clone());

@@ -23,7 +23,7 @@ mod limits;
 use serde::Serialize;
 
 use crate::envelope::Incoming;
-use crate::event::Event;
+use crate::event::{ATTR_REPLAY_COUNT, ATTR_REPLAY_ROUTE, Event};
 use crate::pipeline::{BatchKv, StagePolicy, UnitKv, run_route};
 use crate::runtime::Runtime;
 use crate::store::{StoreError, WriteBatch};
@@ -124,7 +124,17 @@ pub async fn stage(
     let mut invalid = Vec::new();
     let mut unrouted = Vec::new();
     for (i, inc) in incoming.iter().enumerate() {
-        if let Err(violations) = schemas.validate(inc) {
+        // Only a dead-letter replay may mark an event as replayed.
+        if let Some(attr) = [ATTR_REPLAY_COUNT, ATTR_REPLAY_ROUTE]
+            .into_iter()
+            .find(|a| inc.event.attributes.contains_key(*a))
+        {
+            invalid.push(Problem {
+                index: index(i),
+                field: attr.to_string(),
+                reason: format!("attribute {attr:?} is reserved for dead-letter replays"),
+            });
+        } else if let Err(violations) = schemas.validate(inc) {
             invalid.extend(violations.into_iter().map(|v| Problem {
                 index: index(i),
                 field: v.pointer,
@@ -197,7 +207,7 @@ async fn run_direct(
                         ),
                     };
                     tracing::warn!(event = %ev.id, route = %route.name, reason = %f.kind, error = %f.error, "direct route failed");
-                    if f.kind == "transient" {
+                    if f.transient || f.kind == "circuit-open" {
                         transient.push(problem);
                     } else {
                         rejected.push(problem);

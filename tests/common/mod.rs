@@ -37,6 +37,11 @@ pub fn plugin(name: &str) -> PathBuf {
 
 /// A config with the repository's schemas and the given plugins/routes TOML.
 pub fn config_with(extra: &str) -> String {
+    config_with_router("", extra)
+}
+
+/// Like `config_with`, with more `[router]` keys.
+pub fn config_with_router(router: &str, extra: &str) -> String {
     let schemas = root().join("config/schemas");
     format!(
         r#"
@@ -46,6 +51,7 @@ types_dir = "{types}"
 
 [router]
 retry_backoff_ms = 1
+{router}
 
 {extra}
 "#,
@@ -342,5 +348,47 @@ impl Router {
     /// Waits until the router has consumed everything in `events`.
     pub fn wait_idle(&self, topic: &str, n: usize) -> Vec<Value> {
         self.wait_for(topic, n)
+    }
+}
+
+impl Router {
+    /// POSTs JSON `body` to an admin `path`; returns status and JSON body.
+    pub fn post_admin(&self, path: &str, body: &Value) -> (u16, Value) {
+        let mut resp = self
+            .agent
+            .post(self.url(path))
+            .header("content-type", "application/json")
+            .send(body.to_string().as_bytes())
+            .expect("POST");
+        let status = resp.status().as_u16();
+        let text = resp.body_mut().read_to_string().unwrap_or_default();
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
+    }
+
+    /// Log lines containing `needle`.
+    pub fn log_lines(&self, needle: &str) -> Vec<String> {
+        self.log
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|l| l.contains(needle))
+            .cloned()
+            .collect()
+    }
+
+    /// Waits until `cond` holds, re-evaluating it; `what` names it on failure.
+    pub fn wait_until(&self, what: &str, mut cond: impl FnMut() -> bool) {
+        let start = Instant::now();
+        while !cond() {
+            assert!(
+                start.elapsed() < DEADLINE,
+                "timed out waiting for {what}; log:\n{}",
+                self.log.lock().unwrap().join("\n")
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 }

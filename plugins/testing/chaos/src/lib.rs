@@ -12,8 +12,20 @@
 //! | anything else | echoes: one output to topic `echo`, same type and data   |
 //!
 //! Data that is not JSON, or has no `chaos` string, is echoed unchanged.
+//!
+//! The plugin's `config` table can override the event's choice, so a test can
+//! break and then fix a plugin with a config reload (a new version of the
+//! plugin, as a deploy of fixed code would be):
+//!
+//! | `mode`        | behaviour                                                |
+//! |---------------|----------------------------------------------------------|
+//! | `"trap"`      | every event traps                                        |
+//! | `"transient"` | every event fails with `Failure::Transient`              |
+//! | `"heal"`      | `trap`, `transient`, `bad` events are echoed instead     |
+//! | absent        | the event's `chaos` decides                              |
 
 use std::hint::black_box;
+use std::sync::OnceLock;
 
 use serde_json::Value;
 use switchyard_plugin::{Event, Failure, Output, Plugin, kv};
@@ -62,13 +74,33 @@ fn allocate_a_gib() -> Failure {
     ))
 }
 
+/// The `mode` of the plugin's config, set once per instance by `init`.
+static MODE: OnceLock<Option<String>> = OnceLock::new();
+
 struct Chaos;
 
 impl Plugin for Chaos {
+    fn init(config: Value) -> Result<(), String> {
+        let mode = config.get("mode").and_then(Value::as_str).map(str::to_owned);
+        match mode.as_deref() {
+            None | Some("trap" | "transient" | "heal") => {
+                let _ = MODE.set(mode);
+                Ok(())
+            }
+            Some(other) => Err(format!("unknown mode {other:?}")),
+        }
+    }
+
     fn handle(ev: Event) -> Result<Vec<Output>, Failure> {
         let chaos = serde_json::from_str::<Value>(&ev.data)
             .ok()
             .and_then(|data| data.get("chaos").and_then(Value::as_str).map(str::to_owned));
+        let chaos = match (MODE.get().cloned().flatten().as_deref(), chaos.as_deref()) {
+            (Some("trap"), _) => Some("trap".to_string()),
+            (Some("transient"), _) => Some("transient".to_string()),
+            (Some("heal"), Some("trap" | "transient" | "bad")) => None,
+            (_, c) => c.map(str::to_owned),
+        };
 
         match chaos.as_deref() {
             Some("trap") => panic!("chaos asked for a trap (event {})", ev.id),

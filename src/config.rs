@@ -43,6 +43,12 @@ pub const DEFAULT_MAX_OUTPUTS: usize = 1_000;
 /// Default cap on the total data bytes of one call's outputs: what one input
 /// may add to the log, so a plugin cannot flood the store.
 pub const DEFAULT_MAX_OUTPUT_BYTES: usize = 4 * 1024 * 1024;
+/// Default timeout of one outbound HTTP call (`http` capability); the call
+/// also gets no more than what is left of the plugin's own deadline.
+pub const DEFAULT_HTTP_TIMEOUT_MS: u64 = 1_000;
+/// Default cap on one outbound HTTP response body: enrichment data is small,
+/// and the body is held in the plugin's memory.
+pub const DEFAULT_HTTP_MAX_RESPONSE_BYTES: u64 = 1024 * 1024;
 
 /// A configuration error, rendered as `file:line: key: reason`.
 #[derive(Debug, thiserror::Error)]
@@ -189,6 +195,8 @@ pub enum Capability {
     Log,
     Clock,
     Kv,
+    /// Outbound HTTP to the hosts on the plugin's `http_allow` list.
+    Http,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -217,6 +225,16 @@ pub struct PluginConfig {
     /// Granted host capabilities.
     #[serde(default = "default_caps")]
     pub capabilities: Vec<Capability>,
+    /// With the `http` capability: the hosts the plugin may call, each
+    /// `host[:port]` matched exactly (no port: the URL scheme's default).
+    #[serde(default)]
+    pub http_allow: Vec<Spanned<String>>,
+    /// Timeout of one outbound HTTP call, in milliseconds.
+    #[serde(default = "default_http_timeout")]
+    pub http_timeout_ms: u64,
+    /// Cap on one outbound HTTP response body, in bytes.
+    #[serde(default = "default_http_max_response")]
+    pub http_max_response_bytes: u64,
     /// A projection keeps derived state in `kv`; a new version of its code is
     /// rebuilt from the event log into fresh state before it takes over.
     #[serde(default)]
@@ -242,6 +260,12 @@ fn default_max_outputs() -> usize {
 }
 fn default_max_output_bytes() -> usize {
     DEFAULT_MAX_OUTPUT_BYTES
+}
+fn default_http_timeout() -> u64 {
+    DEFAULT_HTTP_TIMEOUT_MS
+}
+fn default_http_max_response() -> u64 {
+    DEFAULT_HTTP_MAX_RESPONSE_BYTES
 }
 fn default_caps() -> Vec<Capability> {
     vec![Capability::Log, Capability::Clock]
@@ -401,6 +425,21 @@ impl Config {
                     "a projection keeps its state in kv: grant \"kv\"".into(),
                 ));
             }
+            if !p.http_allow.is_empty() && !p.capabilities.contains(&Capability::Http) {
+                return Err(whole(
+                    &format!("{key}.http_allow"),
+                    "an allow-list without the capability: grant \"http\"".into(),
+                ));
+            }
+            for (j, entry) in p.http_allow.iter().enumerate() {
+                if let Err(reason) = crate::plugin::AllowedHost::parse(entry.get_ref()) {
+                    return Err(at.error(
+                        Some(entry.span()),
+                        &format!("{key}.http_allow[{j}]"),
+                        reason,
+                    ));
+                }
+            }
             if let Some(samples) = &p.samples
                 && !samples.get_ref().exists()
             {
@@ -414,6 +453,7 @@ impl Config {
                 ("timeout_ms", p.timeout_ms),
                 ("memory_mb", p.memory_mb),
                 ("instances", p.instances as u64),
+                ("http_timeout_ms", p.http_timeout_ms),
             ] {
                 if value == 0 {
                     return Err(whole(

@@ -110,6 +110,8 @@ pub async fn test(args: TestArgs) -> Result<bool> {
             .capabilities
             .clone()
             .unwrap_or_else(|| vec![Capability::Log, Capability::Clock, Capability::Kv]),
+        // Samples run offline: even with `http` granted, no host is allowed.
+        http: Default::default(),
     };
     let host = PluginHost::new()?;
     let plugin = host.load(spec).await?;

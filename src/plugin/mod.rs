@@ -8,6 +8,7 @@
 
 mod cache;
 mod host;
+mod http;
 mod inspect;
 mod limits;
 pub mod samples;
@@ -25,6 +26,7 @@ use wasmtime::{Store, UpdateDeadline};
 pub use cache::CompileCache;
 pub use host::KvAccess;
 use host::{Failure, Processor, ProcessorPre, State, WitEvent};
+pub use http::{AllowedHost, HttpPolicy};
 pub use inspect::{
     ACCEPTED_CONTRACTS, CONTRACT_PACKAGE, CONTRACT_VERSION, ComponentInfo, InspectError,
     accepted_contracts, contract_accepted,
@@ -146,6 +148,8 @@ pub struct PluginSpec {
     pub config_json: String,
     pub limits: Limits,
     pub grants: Vec<Capability>,
+    /// Outbound HTTP settings (used with the `http` grant).
+    pub http: Arc<HttpPolicy>,
 }
 
 impl PluginSpec {
@@ -163,6 +167,15 @@ impl PluginSpec {
                 max_output_bytes: cfg.max_output_bytes,
             },
             grants: cfg.capabilities.clone(),
+            http: Arc::new(HttpPolicy::new(
+                // Validation refuses entries that do not parse.
+                cfg.http_allow
+                    .iter()
+                    .filter_map(|e| AllowedHost::parse(e.get_ref()).ok())
+                    .collect(),
+                Duration::from_millis(cfg.http_timeout_ms),
+                cfg.http_max_response_bytes,
+            )),
         }
     }
 }
@@ -447,6 +460,7 @@ impl Plugin {
             self.name.clone(),
             self.spec.grants.clone(),
             self.spec.limits.store_limits(),
+            self.spec.http.clone(),
         );
         let mut store = Store::new(self.pre.engine(), state);
         store.limiter(|s| &mut s.limits);

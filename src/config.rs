@@ -680,6 +680,33 @@ pipeline = ["proj"]
     }
 
     #[test]
+    fn http_allow_is_checked() {
+        let dir = dir_with(&["schemas/base.json", "p.wasm"]);
+        let path = dir.path().join("c.toml");
+        let with =
+            |extra: &str| GOOD.replace("[plugins.proj]\n", &format!("[plugins.proj]\n{extra}"));
+        let cfg = Config::parse(
+            &path,
+            &with("capabilities = [\"http\"]\nhttp_allow = [\"api.example.org\", \"127.0.0.1:8080\"]\n"),
+        )
+        .unwrap();
+        assert_eq!(cfg.plugins["proj"].http_timeout_ms, DEFAULT_HTTP_TIMEOUT_MS);
+        let err = Config::parse(&path, &with("http_allow = [\"api.example.org\"]\n")).unwrap_err();
+        assert_eq!(err.key, "plugins.proj.http_allow");
+        assert!(err.reason.contains("grant \"http\""), "{}", err.reason);
+        let err = Config::parse(
+            &path,
+            &with("capabilities = [\"http\"]\nhttp_allow = [\"ok.org\", \"http://x.org\"]\n"),
+        )
+        .unwrap_err();
+        assert_eq!(
+            (err.key.as_str(), err.line),
+            ("plugins.proj.http_allow[1]", Some(7))
+        );
+        assert!(err.reason.contains("not host[:port]"), "{}", err.reason);
+    }
+
+    #[test]
     fn topic_names_are_checked() {
         assert!(check_topic_name("prisoner-state").is_ok());
         assert!(check_topic_name("domain.prison_offender-events").is_ok());

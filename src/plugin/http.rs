@@ -137,6 +137,10 @@ impl HttpPolicy {
             .method(method)
             .uri(target.uri.clone());
         for (name, value) in &req.headers {
+            // The connection goes to the allowed host; so does the request.
+            if name.eq_ignore_ascii_case("host") {
+                return Err("bad request: the host header comes from the url".into());
+            }
             builder = builder.header(name.as_str(), value.as_str());
         }
         let url = target.uri.to_string();
@@ -212,6 +216,59 @@ mod tests {
             p.admit("file:///etc/passwd"),
             Err(Refusal::Invalid(_))
         ));
+    }
+
+    /// Answers one connection with `response` after reading the request head.
+    fn serve_once(response: String) -> u16 {
+        use std::io::{BufRead, BufReader, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        std::thread::spawn(move || {
+            let (mut stream, _) = listener.accept().unwrap();
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let mut line = String::new();
+            while reader.read_line(&mut line).is_ok_and(|n| n > 0) && line != "\r\n" {
+                line.clear();
+            }
+            let _ = stream.write_all(response.as_bytes());
+        });
+        port
+    }
+
+    fn get(p: &HttpPolicy, url: &str) -> Result<Response, String> {
+        let target = p.admit(url).map_err(|e| format!("{e:?}"))?;
+        let req = Request {
+            method: "GET".into(),
+            url: url.into(),
+            headers: vec![("accept".into(), "application/json".into())],
+            body: Vec::new(),
+        };
+        p.send(&target, req, Some(Duration::from_secs(5)))
+    }
+
+    #[test]
+    fn redirects_are_answers_and_bodies_are_capped() {
+        let port = serve_once(
+            "HTTP/1.1 302 Found\r\nlocation: http://example.org/\r\ncontent-length: 0\r\n\r\n"
+                .into(),
+        );
+        let p = policy(&[&format!("127.0.0.1:{port}")]);
+        let resp = get(&p, &format!("http://127.0.0.1:{port}/a")).unwrap();
+        assert_eq!(resp.status, 302);
+        assert!(
+            resp.headers
+                .iter()
+                .any(|(k, v)| k == "location" && v == "http://example.org/")
+        );
+
+        let body = "x".repeat(2048);
+        let port = serve_once(format!(
+            "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{body}",
+            body.len()
+        ));
+        let p = policy(&[&format!("127.0.0.1:{port}")]);
+        let err = get(&p, &format!("http://127.0.0.1:{port}/big")).unwrap_err();
+        assert!(err.contains("http_max_response_bytes"), "{err}");
     }
 
     #[test]

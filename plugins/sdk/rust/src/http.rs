@@ -31,10 +31,17 @@ pub fn get(url: &str) -> Result<Response, String> {
 }
 
 /// `GET url` expecting a 2xx JSON answer. A failed call or a 5xx is
-/// [`Failure::transient`] (retried); another status or a body that is not
-/// the expected JSON is [`Failure::bad_event`].
+/// [`Failure::transient`] (retried); a URL or request the host refuses as
+/// malformed, another status, or a body that is not the expected JSON is
+/// [`Failure::bad_event`].
 pub fn get_json<T: DeserializeOwned>(url: &str) -> Result<T, Failure> {
-    let resp = get(url).map_err(Failure::transient)?;
+    let resp = get(url).map_err(|e| {
+        if e.starts_with("bad url") || e.starts_with("bad request") || e.starts_with("bad method") {
+            Failure::bad_event(e)
+        } else {
+            Failure::transient(e)
+        }
+    })?;
     match resp.status {
         200..=299 => serde_json::from_slice(&resp.body)
             .map_err(|e| Failure::bad_event(format!("GET {url}: bad JSON: {e}"))),

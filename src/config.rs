@@ -48,6 +48,12 @@ pub const DEFAULT_MAX_OUTPUTS: usize = 1_000;
 /// Default cap on the total data bytes of one call's outputs: what one input
 /// may add to the log, so a plugin cannot flood the store.
 pub const DEFAULT_MAX_OUTPUT_BYTES: usize = 4 * 1024 * 1024;
+/// Default timeout of one outbound HTTP call (`http` capability); the call
+/// also gets no more than what is left of the plugin's own deadline.
+pub const DEFAULT_HTTP_TIMEOUT_MS: u64 = 1_000;
+/// Default cap on one outbound HTTP response body: enrichment data is small,
+/// and the body is held in the plugin's memory.
+pub const DEFAULT_HTTP_MAX_RESPONSE_BYTES: u64 = 1024 * 1024;
 
 /// A configuration error, rendered as `file:line: key: reason`.
 #[derive(Debug, thiserror::Error)]
@@ -204,6 +210,8 @@ pub enum Capability {
     Log,
     Clock,
     Kv,
+    /// Outbound HTTP to the hosts on the plugin's `http_allow` list.
+    Http,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -232,6 +240,16 @@ pub struct PluginConfig {
     /// Granted host capabilities.
     #[serde(default = "default_caps")]
     pub capabilities: Vec<Capability>,
+    /// With the `http` capability: the hosts the plugin may call, each
+    /// `host[:port]` matched exactly (no port: the URL scheme's default).
+    #[serde(default)]
+    pub http_allow: Vec<Spanned<String>>,
+    /// Timeout of one outbound HTTP call, in milliseconds.
+    #[serde(default = "default_http_timeout")]
+    pub http_timeout_ms: u64,
+    /// Cap on one outbound HTTP response body, in bytes.
+    #[serde(default = "default_http_max_response")]
+    pub http_max_response_bytes: u64,
     /// A projection keeps derived state in `kv`; a new version of its code is
     /// rebuilt from the event log into fresh state before it takes over.
     #[serde(default)]
@@ -260,6 +278,12 @@ fn default_max_outputs() -> usize {
 }
 fn default_max_output_bytes() -> usize {
     DEFAULT_MAX_OUTPUT_BYTES
+}
+fn default_http_timeout() -> u64 {
+    DEFAULT_HTTP_TIMEOUT_MS
+}
+fn default_http_max_response() -> u64 {
+    DEFAULT_HTTP_MAX_RESPONSE_BYTES
 }
 fn default_caps() -> Vec<Capability> {
     vec![Capability::Log, Capability::Clock]
@@ -422,6 +446,21 @@ impl Config {
                     "a projection keeps its state in kv: grant \"kv\"".into(),
                 ));
             }
+            if !p.http_allow.is_empty() && !p.capabilities.contains(&Capability::Http) {
+                return Err(whole(
+                    &format!("{key}.http_allow"),
+                    "an allow-list without the capability: grant \"http\"".into(),
+                ));
+            }
+            for (j, entry) in p.http_allow.iter().enumerate() {
+                if let Err(reason) = crate::plugin::AllowedHost::parse(entry.get_ref()) {
+                    return Err(at.error(
+                        Some(entry.span()),
+                        &format!("{key}.http_allow[{j}]"),
+                        reason,
+                    ));
+                }
+            }
             if let Some(samples) = &p.samples
                 && !samples.get_ref().exists()
             {
@@ -437,6 +476,7 @@ impl Config {
                 ("instances", p.instances as u64),
                 ("breaker.backoff_ms", p.breaker.backoff_ms),
                 ("breaker.max_backoff_ms", p.breaker.max_backoff_ms),
+                ("http_timeout_ms", p.http_timeout_ms),
             ] {
                 if value == 0 {
                     return Err(whole(
@@ -660,6 +700,33 @@ pipeline = ["proj"]
         let text = GOOD.replace("prisoner.*", "prisoner.[");
         let err = Config::parse(&dir.path().join("c.toml"), &text).unwrap_err();
         assert_eq!(err.key, "routes[0].match[0]");
+    }
+
+    #[test]
+    fn http_allow_is_checked() {
+        let dir = dir_with(&["schemas/base.json", "p.wasm"]);
+        let path = dir.path().join("c.toml");
+        let with =
+            |extra: &str| GOOD.replace("[plugins.proj]\n", &format!("[plugins.proj]\n{extra}"));
+        let cfg = Config::parse(
+            &path,
+            &with("capabilities = [\"http\"]\nhttp_allow = [\"api.example.org\", \"127.0.0.1:8080\"]\n"),
+        )
+        .unwrap();
+        assert_eq!(cfg.plugins["proj"].http_timeout_ms, DEFAULT_HTTP_TIMEOUT_MS);
+        let err = Config::parse(&path, &with("http_allow = [\"api.example.org\"]\n")).unwrap_err();
+        assert_eq!(err.key, "plugins.proj.http_allow");
+        assert!(err.reason.contains("grant \"http\""), "{}", err.reason);
+        let err = Config::parse(
+            &path,
+            &with("capabilities = [\"http\"]\nhttp_allow = [\"ok.org\", \"http://x.org\"]\n"),
+        )
+        .unwrap_err();
+        assert_eq!(
+            (err.key.as_str(), err.line),
+            ("plugins.proj.http_allow[1]", Some(7))
+        );
+        assert!(err.reason.contains("not host[:port]"), "{}", err.reason);
     }
 
     #[test]

@@ -177,7 +177,7 @@ enum PluginCommand {
 
 fn parse_capability(s: &str) -> Result<switchyard::config::Capability, String> {
     serde_json::from_value(serde_json::Value::String(s.trim().to_lowercase()))
-        .map_err(|_| format!("unknown capability {s:?}: expected log, clock or kv"))
+        .map_err(|_| format!("unknown capability {s:?}: expected log, clock, kv or http"))
 }
 
 pub fn main() -> ExitCode {

@@ -73,6 +73,10 @@ pub mod sdk {
             "src/clock.rs",
             include_str!("../../plugins/sdk/rust/src/clock.rs"),
         ),
+        (
+            "src/http.rs",
+            include_str!("../../plugins/sdk/rust/src/http.rs"),
+        ),
     ];
     /// A stand-alone manifest for the copied Rust SDK (the repository's
     /// inherits from its workspace).

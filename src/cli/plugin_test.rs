@@ -111,6 +111,8 @@ pub async fn test(args: TestArgs) -> Result<bool> {
             .clone()
             .unwrap_or_else(|| vec![Capability::Log, Capability::Clock, Capability::Kv]),
         breaker: Default::default(),
+        // Samples run offline: even with `http` granted, no host is allowed.
+        http: Default::default(),
     };
     let host = PluginHost::new()?;
     let plugin = host.load(spec).await?;

@@ -1,5 +1,5 @@
 //! The one `bindgen!` of the project, the store state each instance carries,
-//! and the host side of the plugin's imports (`log`, `clock`, `kv`).
+//! and the host side of the plugin's imports (`log`, `clock`, `kv`, `http`).
 
 use std::sync::Arc;
 
@@ -12,13 +12,19 @@ use crate::config::Capability;
 wasmtime::component::bindgen!({
     path: "wit",
     world: "processor",
-    imports: { default: trappable },
+    // `fetch` waits on the network off the async runtime's workers.
+    imports: {
+        "switchyard:plugin/http.fetch": async | trappable,
+        default: trappable,
+    },
     exports: { default: async },
 });
 
 pub(crate) use self::switchyard::plugin::types::Event as WitEvent;
 
-use switchyard::plugin::{clock, kv, log, types};
+use switchyard::plugin::{clock, http, kv, log, types};
+
+use super::http::HttpPolicy;
 
 /// A plugin's view of its durable state for the duration of one call: reads
 /// see the call's own writes; writes become durable with the event's outputs.
@@ -49,10 +55,17 @@ pub(crate) struct State {
     pub denied: Option<String>,
     /// When the call in progress must be interrupted.
     pub deadline: Option<std::time::Instant>,
+    /// Where and how the plugin may call out (with the `http` capability).
+    pub http: Arc<HttpPolicy>,
 }
 
 impl State {
-    pub fn new(plugin: Arc<str>, grants: Vec<Capability>, limits: StoreLimits) -> Self {
+    pub fn new(
+        plugin: Arc<str>,
+        grants: Vec<Capability>,
+        limits: StoreLimits,
+        http: Arc<HttpPolicy>,
+    ) -> Self {
         Self {
             plugin,
             grants,
@@ -63,6 +76,7 @@ impl State {
             host_fault: None,
             denied: None,
             deadline: None,
+            http,
         }
     }
 
@@ -157,6 +171,50 @@ impl kv::Host for State {
         let kv = self.kv()?;
         let r = kv.scan(&prefix, limit as usize);
         self.fault(r)
+    }
+}
+
+impl http::Host for State {
+    async fn fetch(
+        &mut self,
+        req: http::Request,
+    ) -> wasmtime::Result<Result<http::Response, String>> {
+        self.check(Capability::Http)?;
+        let plugin = self.plugin.clone();
+        let target = match self.http.admit(&req.url) {
+            Ok(t) => t,
+            // Not the plugin's to work around: the event fails as denied
+            // (and is dead-lettered) before any connection is made.
+            Err(super::http::Refusal::Denied(msg)) => {
+                tracing::warn!(plugin = &*plugin, url = %req.url, "{msg}");
+                let msg = format!("plugin {plugin}: {msg}");
+                self.denied = Some(msg.clone());
+                return Err(wasmtime::Error::msg(msg));
+            }
+            Err(super::http::Refusal::Invalid(msg)) => return Ok(Err(msg)),
+        };
+        // Epoch interruption cannot stop a host call, so the request gets
+        // at most what is left of the plugin's deadline.
+        let left = self
+            .deadline
+            .map(|d| d.saturating_duration_since(std::time::Instant::now()));
+        let policy = self.http.clone();
+        let outcome = tokio::task::spawn_blocking(move || policy.send(&target, req, left)).await;
+        Ok(match outcome {
+            Ok(Ok(resp)) => {
+                tracing::debug!(
+                    plugin = &*plugin,
+                    status = resp.status,
+                    "http fetch answered"
+                );
+                Ok(resp)
+            }
+            Ok(Err(e)) => {
+                tracing::info!(plugin = &*plugin, error = %e, "http fetch failed");
+                Err(e)
+            }
+            Err(e) => Err(format!("http fetch did not complete: {e}")),
+        })
     }
 }
 

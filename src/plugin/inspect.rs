@@ -165,6 +165,7 @@ fn capability(iface: &str) -> Option<Capability> {
         "log" => Some(Capability::Log),
         "clock" => Some(Capability::Clock),
         "kv" => Some(Capability::Kv),
+        "http" => Some(Capability::Http),
         _ => None,
     }
 }

@@ -9,6 +9,7 @@
 mod breaker;
 mod cache;
 mod host;
+mod http;
 mod inspect;
 mod limits;
 pub mod samples;
@@ -27,6 +28,7 @@ pub use breaker::{Admit, Breaker, BreakerView, CircuitState, Verdict};
 pub use cache::CompileCache;
 pub use host::KvAccess;
 use host::{Failure, Processor, ProcessorPre, State, WitEvent};
+pub use http::{AllowedHost, HttpPolicy};
 pub use inspect::{
     ACCEPTED_CONTRACTS, CONTRACT_PACKAGE, CONTRACT_VERSION, ComponentInfo, InspectError,
     accepted_contracts, contract_accepted,
@@ -150,6 +152,8 @@ pub struct PluginSpec {
     pub grants: Vec<Capability>,
     /// When to stop calling the plugin after failures in a row.
     pub breaker: BreakerConfig,
+    /// Outbound HTTP settings (used with the `http` grant).
+    pub http: Arc<HttpPolicy>,
 }
 
 impl PluginSpec {
@@ -168,6 +172,15 @@ impl PluginSpec {
             },
             grants: cfg.capabilities.clone(),
             breaker: cfg.breaker.clone(),
+            http: Arc::new(HttpPolicy::new(
+                // Validation refuses entries that do not parse.
+                cfg.http_allow
+                    .iter()
+                    .filter_map(|e| AllowedHost::parse(e.get_ref()).ok())
+                    .collect(),
+                Duration::from_millis(cfg.http_timeout_ms),
+                cfg.http_max_response_bytes,
+            )),
         }
     }
 }
@@ -460,6 +473,7 @@ impl Plugin {
             self.name.clone(),
             self.spec.grants.clone(),
             self.spec.limits.store_limits(),
+            self.spec.http.clone(),
         );
         let mut store = Store::new(self.pre.engine(), state);
         store.limiter(|s| &mut s.limits);

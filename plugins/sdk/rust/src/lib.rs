@@ -23,9 +23,10 @@
 //! The record types ([`Event`], [`Output`], [`Failure`]) are the generated
 //! WIT bindings themselves, so nothing is copied or converted on the way in
 //! or out; this crate only adds helper methods to them. The host interfaces
-//! are wrapped in [`kv`], [`log`] and [`clock`].
+//! are wrapped in [`kv`], [`log`], [`clock`] and [`http`].
 
 pub mod clock;
+pub mod http;
 pub mod kv;
 pub mod log;
 

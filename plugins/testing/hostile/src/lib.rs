@@ -1,5 +1,5 @@
 //! Hostile: a plugin that attacks its sandbox, for the router's tests. The
-//! event type's last segment (`hostile.<mode>`) picks the attack; anything
+//! event type's end (`[prefix.]hostile.<mode>`) picks the attack; anything
 //! else is echoed to topic `echo`, so good events can flow beside the bad.
 //!
 //! | mode           | attack                                                      |
@@ -12,10 +12,13 @@
 //! | `forbidden`    | emits to topic `forbidden`, which its route does not allow  |
 //! | `open-file`    | opens files and lists `/`; the host grants no file system   |
 //! | `open-socket`  | connects to `data.port` on 127.0.0.1; the host grants no network |
+//! | `http`         | `GET data.url` through the host's `http` import; the JSON answer goes to topic `enriched` |
 //!
 //! For `open-file` and `open-socket` the plugin reports what the sandbox
 //! answered as a bad event (`sandbox held: ...`); if the attempt succeeded
-//! it emits what it got to topic `leak`, which a test must never see.
+//! it emits what it got to topic `leak`, which a test must never see. For
+//! `http`, the host decides: an allowed host's answer is emitted, a host not
+//! on the plugin's `http_allow` list (or no `http` grant) fails the event.
 
 use std::hint::black_box;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -109,12 +112,27 @@ fn open_socket(ev: &Event) -> Result<Vec<Output>, Failure> {
     }
 }
 
+fn fetch(ev: &Event) -> Result<Vec<Output>, Failure> {
+    let data = ev.json()?;
+    let url = data
+        .get("url")
+        .and_then(Value::as_str)
+        .ok_or_else(|| Failure::bad_event("http needs data.url"))?;
+    let answer: Value = switchyard_plugin::http::get_json(url)?;
+    Ok(vec![Output::new(
+        "enriched",
+        ev.type_.clone(),
+        &json!({ "url": url, "answer": answer }),
+    )])
+}
+
 struct Hostile;
 
 impl Plugin for Hostile {
     fn handle(ev: Event) -> Result<Vec<Output>, Failure> {
         let seen = SEEN.fetch_add(1, Ordering::Relaxed) + 1;
-        let mode = ev.type_.strip_prefix("hostile.").unwrap_or_default();
+        // `hostile.<mode>`, possibly behind a prefix that routes it elsewhere.
+        let mode = ev.type_.rsplit_once("hostile.").map_or("", |(_, m)| m);
         match mode {
             "spin" => spin(),
             "alloc" => allocate_a_gib(&ev),
@@ -135,6 +153,7 @@ impl Plugin for Hostile {
             }
             "open-file" => open_file(&ev),
             "open-socket" => open_socket(&ev),
+            "http" => fetch(&ev),
             _ => Ok(vec![echo(&ev)]),
         }
     }

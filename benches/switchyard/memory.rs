@@ -60,7 +60,13 @@ pub fn start_with_env(config: &Path, data: &Path, env: &[(&str, String)]) -> Res
     std::thread::spawn(move || {
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
             if let Some(i) = line.find("listening on http://") {
-                let addr = line[i + "listening on http://".len()..].trim().to_string();
+                // The message, then the event's fields: the address is the first word.
+                let rest = &line[i + "listening on http://".len()..];
+                let addr = rest
+                    .split_whitespace()
+                    .next()
+                    .unwrap_or_default()
+                    .to_string();
                 let _ = tx.send(addr);
             }
         }

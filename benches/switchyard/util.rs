@@ -77,6 +77,9 @@ impl Router {
         let addr = listener.local_addr()?;
         let (stop, rx) = watch::channel(false);
         let task = tokio::spawn(switchyard::server::serve(rt.clone(), listener, rx));
+        // `serve` starts the reload controller; scenarios ask it for reloads.
+        let r = rt.clone();
+        wait_until(Duration::from_secs(30), || r.reload.get().is_some()).await?;
         Ok(Router {
             rt,
             addr,

@@ -53,7 +53,8 @@ fn fan_out(ev: &Event, prefix: &str) -> Result<Output, Failure> {
         })
     })?;
     // No `.key(..)`: the output keeps the input's ordering key.
-    let mut output = Output::new(out.topic, out.event_type, &Value::Null).attribute("domain", out.domain);
+    let mut output =
+        Output::new(out.topic, out.event_type, &Value::Null).attribute("domain", out.domain);
     output.event.data = out.data;
     Ok(output)
 }

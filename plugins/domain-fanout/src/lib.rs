@@ -7,9 +7,12 @@
 
 use std::sync::Mutex;
 
+mod transform;
+
 use serde::Deserialize;
-use serde_json::{Map, Value};
+use serde_json::Value;
 use switchyard_plugin::{Event, Failure, Output, Plugin, parse_config};
+use transform::BadEvent;
 
 const DEFAULT_PREFIX: &str = "domain.";
 
@@ -40,67 +43,20 @@ fn topic_prefix() -> String {
         .to_owned()
 }
 
-/// The domain is the event type up to its first `.`:
-/// `prison-offender-events.prisoner.received` → `prison-offender-events`.
-fn domain_of(event_type: &str) -> &str {
-    event_type.split('.').next().unwrap_or(event_type)
-}
-
-/// `personReference.identifiers` (`[{"type": "NOMS", "value": "A1234BC"}]`)
-/// as a `{"NOMS": "A1234BC"}` map. Entries without a string `type` and
-/// `value` are skipped; if a type repeats, the first value wins.
-fn flatten_identifiers(data: &Map<String, Value>) -> Map<String, Value> {
-    let mut flat = Map::new();
-    let identifiers = data
-        .get("personReference")
-        .and_then(|p| p.get("identifiers"))
-        .and_then(Value::as_array);
-    for id in identifiers.into_iter().flatten() {
-        if let (Some(Value::String(kind)), Some(value @ Value::String(_))) =
-            (id.get("type"), id.get("value"))
-        {
-            flat.entry(kind.clone()).or_insert_with(|| value.clone());
-        }
-    }
-    flat
-}
-
-/// Builds the single output for `ev`. Pure, so it is unit-tested on the host.
+/// Builds the single output for `ev` with the plain [`transform::fan_out`].
 fn fan_out(ev: &Event, prefix: &str) -> Result<Output, Failure> {
-    let Value::Object(mut data) = ev.json()? else {
-        return Err(Failure::bad_event(format!(
-            "event {} data is not a JSON object",
-            ev.id
-        )));
-    };
-
-    // The envelope's type is authoritative; the payload's is the fallback.
-    let event_type = match (
-        ev.type_.as_str(),
-        data.get("eventType").and_then(Value::as_str),
-    ) {
-        ("", Some(t)) => t.to_owned(),
-        (t, _) => t.to_owned(),
-    };
-    let domain = domain_of(&event_type).to_owned();
-    if domain.is_empty() {
-        return Err(Failure::bad_event(format!(
-            "cannot tell the domain of event type {event_type:?}"
-        )));
-    }
-
-    // Added last so they replace any same-named fields of the original.
-    let identifiers = flatten_identifiers(&data);
-    data.insert("identifiers".to_owned(), Value::Object(identifiers));
-    data.insert("domain".to_owned(), Value::String(domain.clone()));
-
+    let out = transform::fan_out(&ev.type_, &ev.data, prefix).map_err(|e| {
+        Failure::bad_event(match e {
+            BadEvent::NotJson(e) => format!("event {} data is not valid JSON: {e}", ev.id),
+            BadEvent::NotObject => format!("event {} data is not a JSON object", ev.id),
+            BadEvent::NoDomain(t) => format!("cannot tell the domain of event type {t:?}"),
+        })
+    })?;
     // No `.key(..)`: the output keeps the input's ordering key.
-    Ok(Output::new(
-        format!("{prefix}{domain}"),
-        event_type,
-        &Value::Object(data),
-    )
-    .attribute("domain", domain))
+    let mut output =
+        Output::new(out.topic, out.event_type, &Value::Null).attribute("domain", out.domain);
+    output.event.data = out.data;
+    Ok(output)
 }
 
 struct DomainFanout;

@@ -1,0 +1,158 @@
+//! Scenario 3: HTTP ingest latency, request to durable, at fixed rates and
+//! at saturation, single events and batches.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+use switchyard::Store;
+
+use crate::load::{self, Sample};
+use crate::report::{Report, Section};
+use crate::util::{self, ms, quantile, rate};
+
+/// When the router cursor passed each value: a request's outputs are
+/// durable once the cursor is past its largest offset (the pipeline commits
+/// outputs and cursor in one write).
+#[derive(Clone, Default)]
+pub struct CursorLog(Arc<Mutex<Vec<(Instant, u64)>>>);
+
+impl CursorLog {
+    pub fn spawn(store: Store) -> (CursorLog, tokio::task::JoinHandle<()>) {
+        let log = CursorLog::default();
+        let l = log.clone();
+        let task = tokio::spawn(async move {
+            let mut appends = store.watch_appends();
+            let mut last = 0;
+            while appends.changed().await.is_ok() {
+                let c = store.cursor("router").unwrap_or(0);
+                if c > last {
+                    last = c;
+                    l.0.lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .push((Instant::now(), c));
+                }
+            }
+        });
+        (log, task)
+    }
+
+    /// When the cursor first passed `offset`.
+    pub fn passed(&self, offset: u64) -> Option<Instant> {
+        let v = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let i = v.partition_point(|(_, c)| *c <= offset);
+        v.get(i).map(|(t, _)| *t)
+    }
+
+    pub fn entries(&self) -> Vec<(Instant, u64)> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
+/// Waits until the pipeline has handled everything in the input topic.
+pub async fn caught_up(store: &Store) -> Result<()> {
+    util::wait_until(Duration::from_secs(300), || {
+        let len = store.topic_len("events").unwrap_or(0);
+        store.cursor("router").unwrap_or(0) >= len
+    })
+    .await
+}
+
+pub struct Latencies {
+    pub ack: Vec<Duration>,
+    pub durable_out: Vec<Duration>,
+}
+
+pub fn latencies(samples: &[Sample], cursor: &CursorLog) -> Latencies {
+    let mut ack: Vec<Duration> = samples.iter().map(|s| s.acked - s.due).collect();
+    let mut out: Vec<Duration> = samples
+        .iter()
+        .filter_map(|s| {
+            cursor
+                .passed(s.max_offset)
+                .map(|t| t.saturating_duration_since(s.due))
+        })
+        .collect();
+    ack.sort_unstable();
+    out.sort_unstable();
+    Latencies {
+        ack,
+        durable_out: out,
+    }
+}
+
+fn pcts(v: &[Duration]) -> [String; 3] {
+    [
+        ms(quantile(v, 0.5)),
+        ms(quantile(v, 0.99)),
+        ms(quantile(v, 0.999)),
+    ]
+}
+
+/// Runs the scenario; returns the saturation rate of single events.
+pub fn ingest(report: &mut Report, bodies: &[String], quick: bool) -> Result<f64> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let tmp = tempfile::tempdir()?;
+        let (_, cfg) = util::write_config(tmp.path(), &util::fanout_config(&util::dist("domain-fanout"), 4, false))?;
+        let router = util::Router::start(cfg, &tmp.path().join("data")).await?;
+        let store = router.rt.store.clone();
+        let (cursor, watcher) = CursorLog::spawn(store.clone());
+        let secs = if quick { 2 } else { 8 };
+        let mut s = Section::new(
+            "3. HTTP ingest latency",
+            &format!(
+                "The router and an in-process load generator share the machine (loopback, keep-alive HTTP/1.1). \
+                 Fixed rates run open loop for {secs} s over 64 connections, latency counted from when each \
+                 request was due; saturation runs closed loop with 32 requests in flight. \"ack\" is request to \
+                 the 202, which the router sends once the events are durable in the ingest topic; \"output\" is \
+                 request to the domain-fanout output being durable (the router cursor passed the event). \
+                 Batches carry 50 events; their latency is per request."
+            ),
+            &["mode", "offered events/s", "achieved events/s", "ack p50 ms", "ack p99 ms", "ack p99.9 ms", "output p50 ms", "output p99 ms", "output p99.9 ms"],
+        );
+        let mut saturation_single = 0.0;
+        for (mode, batch) in [("single", 1usize), ("batch of 50", 50)] {
+            let reqs = Arc::new(load::bodies(bodies, batch));
+            // Warm up connections, allocator and plugin instances.
+            load::closed_loop(router.addr, reqs.clone(), Duration::from_millis(300), 8).await?;
+            caught_up(&store).await?;
+            for offered in [1_000.0, 10_000.0, f64::INFINITY] {
+                let start = Instant::now();
+                let samples = if offered.is_finite() {
+                    load::open_loop(router.addr, reqs.clone(), offered / batch as f64, Duration::from_secs(secs), 64).await?
+                } else {
+                    load::closed_loop(router.addr, reqs.clone(), Duration::from_secs(secs), 32).await?
+                };
+                let achieved = (samples.len() * batch) as f64 / start.elapsed().as_secs_f64();
+                caught_up(&store).await?;
+                let l = latencies(&samples, &cursor);
+                let [a50, a99, a999] = pcts(&l.ack);
+                let [o50, o99, o999] = pcts(&l.durable_out);
+                if offered.is_infinite() && batch == 1 {
+                    saturation_single = achieved;
+                }
+                if offered == 10_000.0 && batch == 1 {
+                    let p99 = quantile(&l.ack, 0.99);
+                    report.headline("ingest p99, request → durable (202), 10k events/s single", format!("{} ms", ms(p99)), "≤ 2 ms", Some(p99 <= Duration::from_millis(2)));
+                    let p99 = quantile(&l.durable_out, 0.99);
+                    report.headline("ingest p99, request → output durable, 10k events/s single", format!("{} ms", ms(p99)), "≤ 2 ms", Some(p99 <= Duration::from_millis(2)));
+                }
+                s.row(vec![
+                    mode.into(),
+                    if offered.is_finite() { rate(offered) } else { "saturation".into() },
+                    rate(achieved),
+                    a50, a99, a999, o50, o99, o999,
+                ]);
+            }
+        }
+        report.headline("ingest saturation, single events (events/s)", rate(saturation_single), "–", None);
+        report.sections.push(s);
+        watcher.abort();
+        router.stop().await?;
+        Ok(saturation_single)
+    })
+}

@@ -272,9 +272,12 @@ pub fn config_fixture(dir: &Path) -> std::io::Result<PathBuf> {
     Ok(dir.to_path_buf())
 }
 
+/// One `name: value` line of the header-lines form.
+type Line<'a> = (&'a [u8], &'a [u8]);
+
 /// Splits `name: value` lines from the body at the first blank line; without
 /// one the whole input is header lines.
-fn split_head(input: &[u8]) -> (Vec<(&[u8], &[u8])>, &[u8]) {
+fn split_head(input: &[u8]) -> (Vec<Line<'_>>, &[u8]) {
     let (head, body) = match input.windows(2).position(|w| w == b"\n\n") {
         Some(i) => (&input[..i], &input[i + 2..]),
         None => (input, &input[input.len()..]),

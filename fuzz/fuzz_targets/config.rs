@@ -3,12 +3,12 @@
 use std::path::PathBuf;
 use std::sync::OnceLock;
 
-/// One fixture directory per process; the fuzzer reuses it for every input.
+/// One fixture directory shared by every process (fork mode starts many);
+/// writing it again is harmless, since only the files' existence matters.
 fn dir() -> &'static PathBuf {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
-        let dir =
-            std::env::temp_dir().join(format!("switchyard-fuzz-config-{}", std::process::id()));
+        let dir = std::env::temp_dir().join("switchyard-fuzz-config");
         switchyard::fuzzing::config_fixture(&dir).expect("config fixture")
     })
 }

@@ -11,6 +11,7 @@
 mod aws;
 mod server;
 mod resilience;
+mod locate;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -599,8 +600,12 @@ impl Locator<'_> {
         key: &str,
         reason: String,
     ) -> ConfigError {
-        // Spans of defaults are 0..0 and point nowhere in the file.
-        let line = span.filter(|s| s.end > 0).map(|s| self.line_of(s.start));
+        // Spans of defaults are 0..0 and point nowhere in the file; then the
+        // key itself (or the table it belongs in) is looked up in the text.
+        let line = match span.filter(|s| s.end > 0) {
+            Some(s) => Some(self.line_of(s.start)),
+            None => locate::offset_of_key(self.text, key).map(|o| self.line_of(o)),
+        };
         ConfigError {
             file: self.file.to_path_buf(),
             line,
@@ -727,6 +732,36 @@ pipeline = ["proj"]
             ("plugins.proj.http_allow[1]", Some(7))
         );
         assert!(err.reason.contains("not host[:port]"), "{}", err.reason);
+    }
+
+    #[test]
+    fn errors_about_plain_values_still_name_the_line() {
+        let dir = dir_with(&["schemas/base.json", "p.wasm"]);
+        let parse = |text: &str| Config::parse(&dir.path().join("c.toml"), text).unwrap_err();
+        let err = parse(&format!("{GOOD}\n[router]\nworkers = 0\n"));
+        assert_eq!((err.key.as_str(), err.line), ("router.workers", Some(15)));
+        let err = parse(&GOOD.replace("path = \"p.wasm\"", "path = \"p.wasm\"\ninstances = 0"));
+        assert_eq!(
+            (err.key.as_str(), err.line),
+            ("plugins.proj.instances", Some(7))
+        );
+        let err = parse(&format!(
+            "{GOOD}\n[[routes]]\nname = \"r\"\nmatch = [\"a\"]\npipeline = [\"proj\"]\n"
+        ));
+        assert_eq!((err.key.as_str(), err.line), ("routes[1].name", Some(15)));
+        // A value left at its default points at the table it would go in.
+        let text = format!("[ingest]\ntopic = \"dead-letter\"\n[router]\nworkers = 2\n{GOOD}");
+        let err = parse(&text);
+        assert_eq!(
+            (err.key.as_str(), err.line),
+            ("router.dead_letter_topic", Some(3))
+        );
+        assert!(
+            err.to_string()
+                .contains("c.toml:3: router.dead_letter_topic"),
+            "{err}"
+        );
+>>>>>>> fuzz
     }
 
     #[test]

@@ -15,12 +15,15 @@
 //! * [`store`] — the embedded durable log, cursors and plugin state, on `redb`.
 //! * [`transport`] — sources and sinks: HTTP ingest, SQS sources, SNS/SQS sinks (outbox and direct).
 //! * [`admin`] — read API (topics, events, live stream) and health.
+//! * `fuzzing` — harnesses shared by the fuzz targets and the corpus test (hidden).
 //! * [`runtime`] / [`server`] — putting the parts together and running them.
 
 pub mod admin;
 pub mod config;
 pub mod envelope;
 pub mod event;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod pipeline;
 pub mod plugin;
 pub mod reload;

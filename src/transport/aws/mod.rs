@@ -15,7 +15,7 @@
 
 mod batch;
 mod client;
-mod message;
+pub(crate) mod message;
 mod outbox;
 mod setup;
 mod sink;

@@ -761,7 +761,6 @@ pipeline = ["proj"]
                 .contains("c.toml:3: router.dead_letter_topic"),
             "{err}"
         );
->>>>>>> fuzz
     }
 
     #[test]

@@ -9,9 +9,9 @@
 //! step (`switchyard validate` does both).
 
 mod aws;
-mod server;
-mod resilience;
 mod locate;
+mod resilience;
+mod server;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -26,13 +26,14 @@ pub use aws::{
     AwsConfig, Delivery, MAX_BATCH_ENTRIES, MessageFormat, SinkConfig, SinksConfig, SourcesConfig,
     SqsSourceConfig, SubscriptionConfig, check_resource_name, queue_name,
 };
-pub use server::{
-    ADMIN_TOKEN_ENV, DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_IN_FLIGHT, DEFAULT_MAX_JSON_DEPTH,
-    DEFAULT_REQUEST_TIMEOUT_MS, ExposureError, ServerConfig,
 pub use resilience::{
     BreakerConfig, DEFAULT_BREAKER_BACKOFF_MS, DEFAULT_BREAKER_FAILURES,
     DEFAULT_BREAKER_MAX_BACKOFF_MS, DEFAULT_HOLD_BACKOFF_MS, DEFAULT_HOLD_MAX_BACKOFF_MS,
     DEFAULT_HOLD_RETRIES, OnOpen, OnPoison,
+};
+pub use server::{
+    ADMIN_TOKEN_ENV, DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_IN_FLIGHT, DEFAULT_MAX_JSON_DEPTH,
+    DEFAULT_REQUEST_TIMEOUT_MS, ExposureError, ServerConfig,
 };
 
 /// Default per-call deadline: a transform that takes longer than this on one

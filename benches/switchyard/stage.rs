@@ -38,6 +38,8 @@ pub fn spec(name: &str, file: &str) -> PluginSpec {
             max_output_bytes: DEFAULT_MAX_OUTPUT_BYTES,
         },
         grants: vec![Capability::Log],
+        breaker: Default::default(),
+        http: Default::default(),
     }
 }
 
@@ -74,15 +76,14 @@ pub fn route(plugin: Arc<Plugin>) -> Route {
         }],
         direct: false,
         topics: None,
+        on_poison: Default::default(),
     }
 }
 
 /// The pipeline's policy with the default router settings (built once: the
 /// pipeline does not build it per event either).
-static POLICY: std::sync::LazyLock<StagePolicy> = std::sync::LazyLock::new(|| StagePolicy {
-    max_attempts: 3,
-    retry_backoff: Duration::from_millis(1),
-    reserved_topics: vec![INPUT.into(), "dead-letter".into()],
+static POLICY: std::sync::LazyLock<StagePolicy> = std::sync::LazyLock::new(|| {
+    StagePolicy::new(INPUT, &switchyard::config::RouterConfig::default())
 });
 
 /// How one event becomes its outputs.

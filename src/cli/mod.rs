@@ -236,9 +236,7 @@ fn run(command: Command) -> Result<ExitCode> {
             wait,
             token,
         } => ok(match (projection, dead_letter) {
-            (Some(projection), false) => {
-                replay::replay(&url, &projection, wait, token.as_deref())
-            }
+            (Some(projection), false) => replay::replay(&url, &projection, wait, token.as_deref()),
             (None, true) => replay::dead_letters(
                 &url,
                 filter.as_deref().unwrap_or(""),

@@ -12,13 +12,15 @@
 //! * [`reload`] — hot reload: file watcher, verify-then-swap, projection rebuilds.
 //! * [`store`] — the embedded durable log, cursors and plugin state, on `redb`.
 //! * [`transport`] — sources and sinks: HTTP ingest, SQS sources, SNS/SQS sinks (outbox and direct).
-//! * [`admin`] — read API (topics, events, live stream) and health.
+//! * [`admin`] — read API (topics, events, live stream), health, metrics, event traces, the web page.
+//! * [`obs`] — observability: the metrics registry, trace links, W3C trace context.
 //! * [`runtime`] / [`server`] — putting the parts together and running them.
 
 pub mod admin;
 pub mod config;
 pub mod envelope;
 pub mod event;
+pub mod obs;
 pub mod pipeline;
 pub mod plugin;
 pub mod reload;

@@ -29,6 +29,13 @@ const CURSORS: TableDefinition<&str, u64> = TableDefinition::new("cursors");
 const KV: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("kv");
 /// Small named records the router keeps about itself (projection generations).
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+/// event id → `(topic, offset)` of the record that holds it: lets
+/// `GET /v1/events/{id}/trace` find any record without scanning the log.
+const IDS: TableDefinition<&str, (&str, u64)> = TableDefinition::new("ids");
+/// `(cause id, topic, offset)` → how that record came from the cause (a small
+/// JSON object: route, stages with plugin versions). Written in the same
+/// transaction as the record, so the index never disagrees with the log.
+const TRACE: TableDefinition<(&str, &str, u64), &[u8]> = TableDefinition::new("trace");
 
 /// Most jobs folded into one transaction: bounds the latency a large queue
 /// adds to the first caller in it.
@@ -80,6 +87,17 @@ pub struct WriteBatch {
     pub drop_namespaces: Vec<String>,
     /// Router records to set (`Some`) or remove (`None`).
     pub meta: Vec<(String, Option<Vec<u8>>)>,
+    /// Trace links: which input each append came from (see [`Link`]).
+    pub links: Vec<Link>,
+}
+
+/// Says that `appends[append]` of the same batch was made from the event
+/// with id `cause`; `info` is what the trace shows about how (JSON).
+#[derive(Debug, Clone)]
+pub struct Link {
+    pub append: usize,
+    pub cause: String,
+    pub info: Vec<u8>,
 }
 
 impl WriteBatch {
@@ -133,6 +151,8 @@ impl Store {
             txn.open_table(CURSORS).map_err(|e| open_err(e.into()))?;
             txn.open_table(KV).map_err(|e| open_err(e.into()))?;
             txn.open_table(META).map_err(|e| open_err(e.into()))?;
+            txn.open_table(IDS).map_err(|e| open_err(e.into()))?;
+            txn.open_table(TRACE).map_err(|e| open_err(e.into()))?;
         }
         txn.commit().map_err(|e| open_err(e.into()))?;
         let db = Arc::new(db);
@@ -228,6 +248,44 @@ impl Store {
             .map_err(read_err)?
             .map(|v| v.value())
             .unwrap_or(0))
+    }
+
+    /// Every consumer cursor: `(consumer, next offset)`, by name.
+    pub fn cursors(&self) -> Result<Vec<(String, u64)>, StoreError> {
+        let txn = self.inner.db.begin_read().map_err(read_err)?;
+        let table = txn.open_table(CURSORS).map_err(read_err)?;
+        let mut out = Vec::new();
+        for item in table.iter().map_err(read_err)? {
+            let (k, v) = item.map_err(read_err)?;
+            out.push((k.value().to_string(), v.value()));
+        }
+        Ok(out)
+    }
+
+    /// Where the record with event id `id` is: `(topic, offset)`.
+    pub fn locate(&self, id: &str) -> Result<Option<(String, u64)>, StoreError> {
+        let txn = self.inner.db.begin_read().map_err(read_err)?;
+        let table = txn.open_table(IDS).map_err(read_err)?;
+        Ok(table.get(id).map_err(read_err)?.map(|v| {
+            let (t, o) = v.value();
+            (t.to_string(), o)
+        }))
+    }
+
+    /// The records made from event `cause`: `(topic, offset, link info)`.
+    pub fn caused_by(&self, cause: &str) -> Result<Vec<(String, u64, Vec<u8>)>, StoreError> {
+        let txn = self.inner.db.begin_read().map_err(read_err)?;
+        let table = txn.open_table(TRACE).map_err(read_err)?;
+        let mut out = Vec::new();
+        for item in table.range((cause, "", 0)..).map_err(read_err)? {
+            let (k, v) = item.map_err(read_err)?;
+            let (c, topic, offset) = k.value();
+            if c != cause {
+                break;
+            }
+            out.push((topic.to_string(), offset, v.value().to_vec()));
+        }
+        Ok(out)
     }
 
     /// A plugin state value.
@@ -358,6 +416,8 @@ fn commit(db: &Database, jobs: &[Job]) -> Result<Committed, String> {
         let mut cursors = txn.open_table(CURSORS).map_err(|e| s(&e))?;
         let mut kv = txn.open_table(KV).map_err(|e| s(&e))?;
         let mut meta = txn.open_table(META).map_err(|e| s(&e))?;
+        let mut ids = txn.open_table(IDS).map_err(|e| s(&e))?;
+        let mut trace = txn.open_table(TRACE).map_err(|e| s(&e))?;
         for job in jobs {
             let mut offs = Vec::with_capacity(job.batch.appends.len());
             for (topic, event) in &job.batch.appends {
@@ -372,8 +432,22 @@ fn commit(db: &Database, jobs: &[Job]) -> Result<Committed, String> {
                 let bytes = serde_json::to_vec(event).map_err(|e| s(&e))?;
                 log.insert((topic.as_str(), next), bytes.as_slice())
                     .map_err(|e| s(&e))?;
+                ids.insert(event.id.as_str(), (topic.as_str(), next))
+                    .map_err(|e| s(&e))?;
                 lengths.insert(topic.clone(), next + 1);
                 offs.push(next);
+            }
+            for l in &job.batch.links {
+                if let (Some((topic, _)), Some(offset)) =
+                    (job.batch.appends.get(l.append), offs.get(l.append))
+                {
+                    trace
+                        .insert(
+                            (l.cause.as_str(), topic.as_str(), *offset),
+                            l.info.as_slice(),
+                        )
+                        .map_err(|e| s(&e))?;
+                }
             }
             for (consumer, offset) in &job.batch.cursors {
                 cursors

@@ -1,5 +1,6 @@
 //! The read and admin API: topics, their events (page by page and live over
-//! Server-Sent Events), and health.
+//! Server-Sent Events), health and readiness, metrics, event traces, and the
+//! web page.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -15,7 +16,9 @@ use futures::{Stream, StreamExt};
 use serde::Deserialize;
 use serde_json::json;
 
+mod metrics;
 mod plugins;
+mod trace;
 
 use crate::config::check_topic_name;
 use crate::envelope::to_cloudevent_json;
@@ -33,6 +36,9 @@ const STREAM_CHUNK: usize = 256;
 pub fn routes(rt: Arc<Runtime>) -> axum::Router {
     axum::Router::new()
         .route("/healthz", get(healthz))
+        .route("/readyz", get(metrics::readyz))
+        .route("/metrics", get(metrics::metrics))
+        .route("/v1/events/{id}/trace", get(trace::trace))
         .route("/v1/topics", get(topics))
         .route("/v1/topics/{topic}/events", get(events))
         .route("/v1/topics/{topic}/stream", get(stream))

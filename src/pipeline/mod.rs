@@ -18,6 +18,7 @@ use std::time::Duration;
 
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
+use tracing::Instrument;
 
 pub use kv::{BatchKv, UnitKv};
 pub(crate) use stage::call_with_retries;
@@ -26,7 +27,7 @@ pub use stage::{DEAD_LETTER_TYPE, StageFailure, StagePolicy, dead_letter, derive
 use crate::config::RouterConfig;
 use crate::event::Event;
 use crate::router::RouteTable;
-use crate::store::{Record, Store, WriteBatch};
+use crate::store::{Link, Record, Store, WriteBatch};
 
 /// Back-off after a failed commit before the batch is tried again.
 const COMMIT_RETRY: Duration = Duration::from_millis(500);
@@ -52,6 +53,8 @@ pub struct Pipeline {
 struct Unit {
     index: usize,
     appends: Vec<(String, Event)>,
+    /// Trace links: (index into `appends`, what the trace shows about it).
+    links: Vec<(usize, Vec<u8>)>,
 }
 
 impl Pipeline {
@@ -115,7 +118,16 @@ impl Pipeline {
                 let written = match self.process(&records).await {
                     Ok(mut batch) => {
                         batch.cursors.push((self.consumer.clone(), last + 1));
-                        self.store.write(batch).await.map_err(|e| e.to_string())
+                        let tally = crate::obs::Tally::of(
+                            &batch.appends,
+                            &self.input,
+                            &self.dead_letter_topic,
+                        );
+                        let written = self.store.write(batch).await.map_err(|e| e.to_string());
+                        if written.is_ok() {
+                            tally.record();
+                        }
+                        written
                     }
                     Err(e) => Err(e),
                 };
@@ -172,8 +184,15 @@ impl Pipeline {
                 let _permit = limit.acquire_owned().await;
                 let mut units = Vec::with_capacity(events.len());
                 for (index, ev) in events {
-                    let appends = handle_event(&routes, &ev, &kv, &policy, &dlq).await;
-                    units.push(Unit { index, appends });
+                    let span = tracing::info_span!("event", id = %ev.id, r#type = %ev.event_type, key = ev.key.as_deref().unwrap_or(""), traceparent = ev.traceparent.as_deref().unwrap_or(""));
+                    let (appends, links) = handle_event(&routes, &ev, &kv, &policy, &dlq)
+                        .instrument(span)
+                        .await;
+                    units.push(Unit {
+                        index,
+                        appends,
+                        links,
+                    });
                 }
                 units
             });
@@ -188,8 +207,20 @@ impl Pipeline {
             }
         }
         units.sort_by_key(|u| u.index);
+        let (mut appends, mut links) = (Vec::new(), Vec::new());
+        for u in units {
+            let base = appends.len();
+            let cause = &records[u.index].event.id;
+            links.extend(u.links.into_iter().map(|(i, info)| Link {
+                append: base + i,
+                cause: cause.clone(),
+                info,
+            }));
+            appends.extend(u.appends);
+        }
         Ok(WriteBatch {
-            appends: units.into_iter().flat_map(|u| u.appends).collect(),
+            appends,
+            links,
             kv: kv.take(),
             ..Default::default()
         })
@@ -197,15 +228,17 @@ impl Pipeline {
 }
 
 /// Runs one event through all its routes; a failed route becomes a
-/// dead-letter record and does not stop the others.
+/// dead-letter record and does not stop the others. Returns the records with
+/// their trace links.
 async fn handle_event(
     routes: &RouteTable,
     ev: &Event,
     kv: &Arc<BatchKv>,
     policy: &StagePolicy,
     dead_letter_topic: &str,
-) -> Vec<(String, Event)> {
+) -> (Vec<(String, Event)>, Vec<(usize, Vec<u8>)>) {
     let mut appends = Vec::new();
+    let mut links = Vec::new();
     let mut routed = false;
     for route in routes.matching(&ev.event_type) {
         routed = true;
@@ -217,9 +250,19 @@ async fn handle_event(
         match stage::run_route(route, ev, &unit, policy).await {
             Ok(outs) => {
                 unit.commit();
+                if !outs.is_empty() {
+                    let info = crate::obs::route_link(route);
+                    links.extend(
+                        (appends.len()..appends.len() + outs.len()).map(|i| (i, info.clone())),
+                    );
+                }
                 appends.extend(outs);
             }
             Err(f) => {
+                links.push((
+                    appends.len(),
+                    crate::obs::dead_letter_link(Some(&route.name)),
+                ));
                 tracing::warn!(event = %ev.id, route = %route.name, plugin = %f.plugin, reason = %f.kind, error = %f.error, "event dead-lettered");
                 appends.push((
                     dead_letter_topic.to_string(),
@@ -238,9 +281,10 @@ async fn handle_event(
             attempts: 0,
         };
         tracing::warn!(event = %ev.id, r#type = %ev.event_type, "event has no route");
+        links.push((appends.len(), crate::obs::dead_letter_link(None)));
         appends.push((dead_letter_topic.to_string(), dead_letter(ev, None, &f)));
     }
-    appends
+    (appends, links)
 }
 
 /// Waits `d` or until shutdown; true if shutting down.

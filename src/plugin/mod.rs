@@ -310,6 +310,8 @@ pub struct Plugin {
     permits: Semaphore,
     calls: AtomicU64,
     failures: AtomicU64,
+    /// This version's latency and trap series in the metrics.
+    metrics: crate::obs::PluginSeries,
 }
 
 impl std::fmt::Debug for Plugin {
@@ -385,9 +387,11 @@ impl Plugin {
         pre: ProcessorPre<State>,
         engine: SharedEngine,
     ) -> Result<Arc<Plugin>, LoadError> {
+        let version = digest[..12.min(digest.len())].to_string();
+        let spec_name = spec.name.clone();
         let plugin = Arc::new(Plugin {
             name: spec.name.as_str().into(),
-            version: digest[..12.min(digest.len())].to_string(),
+            version: version.clone(),
             digest,
             from_cache,
             permits: Semaphore::new(spec.limits.instances),
@@ -397,6 +401,7 @@ impl Plugin {
             idle: Mutex::new(Vec::new()),
             calls: AtomicU64::new(0),
             failures: AtomicU64::new(0),
+            metrics: crate::obs::PluginSeries::new(&spec_name, &version),
         });
         let first = plugin.instantiate().await?;
         plugin.release(first);
@@ -458,7 +463,18 @@ impl Plugin {
         kv: Option<Arc<dyn KvAccess>>,
     ) -> Result<Vec<Output>, CallError> {
         self.calls.fetch_add(1, Ordering::Relaxed);
+        let started = Instant::now();
         let r = self.call(ev, kv).await;
+        let fault = match &r {
+            Err(
+                e @ (CallError::Trap(_)
+                | CallError::Timeout(_)
+                | CallError::MemoryLimit(_)
+                | CallError::Denied(_)),
+            ) => Some(e.kind()),
+            _ => None,
+        };
+        self.metrics.observe(started.elapsed(), fault);
         if r.is_err() {
             self.failures.fetch_add(1, Ordering::Relaxed);
         }

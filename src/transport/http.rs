@@ -36,6 +36,11 @@ pub fn error(status: StatusCode, error: &str, details: serde_json::Value) -> Res
     (status, Json(json!({ "error": error, "details": details }))).into_response()
 }
 
+/// Counts a refused request by reason (`switchyard_rejected_total`).
+fn rejected(reason: &str) {
+    crate::obs::metrics().rejected.inc(["http", reason]);
+}
+
 async fn post_events(
     State(rt): State<Arc<Runtime>>,
     headers: HeaderMap,
@@ -44,6 +49,7 @@ async fn post_events(
     let body = match body {
         Ok(b) => b,
         Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+            rejected("too-large");
             let limit = rt.config.server.max_body_bytes;
             return error(
                 StatusCode::PAYLOAD_TOO_LARGE,
@@ -52,6 +58,7 @@ async fn post_events(
             );
         }
         Err(rejection) => {
+            rejected("unreadable");
             return error(
                 rejection.status(),
                 "cannot read request body",
@@ -61,10 +68,32 @@ async fn post_events(
     };
     let decoded = match decode_http(&headers, &body, &rt.ingest) {
         Ok(d) => d,
-        Err(e) => return envelope_error(&e),
+        Err(e) => {
+            rejected(if e.status() == 415 {
+                "unsupported-media-type"
+            } else {
+                "malformed"
+            });
+            return envelope_error(&e);
+        }
     };
     let batch = decoded.batch;
-    match ingest(&rt, decoded.events, batch).await {
+    let result = ingest(&rt, decoded.events, batch).await;
+    match &result {
+        Ok(accepted) => {
+            for a in accepted {
+                crate::obs::metrics().events_in.inc(["http", &a.event_type]);
+            }
+        }
+        Err(e) => rejected(match e {
+            IngestError::Invalid(_) => "schema",
+            IngestError::Unrouted(_) => "no-route",
+            IngestError::Rejected(_) => "refused",
+            IngestError::Undelivered(_) => "undelivered",
+            IngestError::Unavailable(_) => "unavailable",
+        }),
+    }
+    match result {
         Ok(accepted) => {
             let topic = &rt.config.ingest.topic;
             let answer = match (batch, accepted.first()) {

@@ -238,6 +238,7 @@ pub async fn commit(
         appends.extend(s.outputs.iter().cloned());
     }
     appends.extend(dead_letters.into_iter().map(|d| (dlq.clone(), d)));
+    let tally = crate::obs::Tally::of(&appends, topic, dlq);
     let offsets = rt
         .store
         .write(WriteBatch {
@@ -245,6 +246,7 @@ pub async fn commit(
             ..Default::default()
         })
         .await?;
+    tally.record();
     let mut offsets = offsets.into_iter();
     let mut out = Vec::with_capacity(staged.len());
     for (s, summary) in staged.into_iter().zip(summaries) {

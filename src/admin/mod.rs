@@ -19,6 +19,7 @@ use serde_json::json;
 mod metrics;
 mod plugins;
 mod trace;
+mod ui;
 
 use crate::config::check_topic_name;
 use crate::envelope::to_cloudevent_json;
@@ -39,6 +40,11 @@ pub fn routes(rt: Arc<Runtime>) -> axum::Router {
         .route("/readyz", get(metrics::readyz))
         .route("/metrics", get(metrics::metrics))
         .route("/v1/events/{id}/trace", get(trace::trace))
+        .route("/v1/flow", get(ui::flow))
+        .route("/ui", get(ui::redirect))
+        .route("/ui/", get(ui::index))
+        .route("/ui/app.js", get(ui::script))
+        .route("/ui/style.css", get(ui::style))
         .route("/v1/topics", get(topics))
         .route("/v1/topics/{topic}/events", get(events))
         .route("/v1/topics/{topic}/stream", get(stream))

@@ -139,6 +139,16 @@ impl<const N: usize> Family<Counter, N> {
         self.series(values).get()
     }
 
+    /// The sum of the series whose label number `label` is `value`.
+    pub fn sum_where(&self, label: usize, value: &str) -> u64 {
+        let map = self.series.read().unwrap_or_else(|p| p.into_inner());
+        map.values()
+            .flatten()
+            .filter(|(k, _)| k.get(label).is_some_and(|v| &**v == value))
+            .map(|(_, c)| c.get())
+            .sum()
+    }
+
     pub fn render(&self, out: &mut String) {
         self.header(out, "counter");
         for (values, c) in self.snapshot() {

@@ -37,6 +37,10 @@ pub struct Metrics {
     pub traps: Family<Counter, 3>,
     /// Reload attempts, per kind (`plugin`, `config`) and outcome.
     pub reloads: Family<Counter, 2>,
+    /// Events each route ran on (the edge ingest → route on the web page).
+    pub route_events: Family<Counter, 1>,
+    /// Records each route wrote, per topic (the edge route → topic).
+    pub route_outputs: Family<Counter, 2>,
 }
 
 impl Default for Metrics {
@@ -77,6 +81,16 @@ impl Default for Metrics {
                 "Reload attempts, per kind (plugin, config) and outcome.",
                 ["kind", "outcome"],
             ),
+            route_events: Family::new(
+                "switchyard_route_events_total",
+                "Events each route ran on.",
+                ["route"],
+            ),
+            route_outputs: Family::new(
+                "switchyard_route_outputs_total",
+                "Records each route wrote, per topic (dead-letter records included).",
+                ["route", "topic"],
+            ),
         }
     }
 }
@@ -98,6 +112,8 @@ impl Metrics {
         self.plugin_calls.render(out);
         self.traps.render(out);
         self.reloads.render(out);
+        self.route_events.render(out);
+        self.route_outputs.render(out);
     }
 }
 
@@ -132,6 +148,8 @@ impl PluginSeries {
 pub struct Tally {
     out: HashMap<String, u64>,
     dead: HashMap<(String, String), u64>,
+    routes: HashMap<String, u64>,
+    edges: HashMap<(String, String), u64>,
 }
 
 impl Tally {
@@ -139,6 +157,24 @@ impl Tally {
     /// `skip`, the ingest topic, are inputs, not outputs).
     pub fn of(appends: &[(String, Event)], skip: &str, dead_letter: &str) -> Self {
         let mut t = Tally::default();
+        t.add(appends, skip, dead_letter);
+        t
+    }
+
+    /// Route `route` ran on one event and wrote `appends`.
+    pub fn route(&mut self, route: &str, appends: &[(String, Event)]) {
+        *self.routes.entry(route.to_string()).or_default() += 1;
+        for (topic, _) in appends {
+            *self
+                .edges
+                .entry((route.to_string(), topic.clone()))
+                .or_default() += 1;
+        }
+    }
+
+    /// Like [`Tally::of`], into this tally.
+    pub fn add(&mut self, appends: &[(String, Event)], skip: &str, dead_letter: &str) {
+        let t = self;
         for (topic, ev) in appends {
             if topic == dead_letter {
                 let plugin = ev.attributes.get(ATTR_PLUGIN).cloned().unwrap_or_default();
@@ -148,7 +184,6 @@ impl Tally {
                 *t.out.entry(topic.clone()).or_default() += 1;
             }
         }
-        t
     }
 
     /// The write succeeded: count it.
@@ -159,6 +194,12 @@ impl Tally {
         }
         for ((plugin, reason), n) in self.dead {
             m.dead_lettered.series([&plugin, &reason]).add(n);
+        }
+        for (route, n) in self.routes {
+            m.route_events.series([&route]).add(n);
+        }
+        for ((route, topic), n) in self.edges {
+            m.route_outputs.series([&route, &topic]).add(n);
         }
     }
 }

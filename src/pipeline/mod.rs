@@ -55,6 +55,8 @@ struct Unit {
     appends: Vec<(String, Event)>,
     /// Trace links: (index into `appends`, what the trace shows about it).
     links: Vec<(usize, Vec<u8>)>,
+    /// Routes run: (route, range of `appends` it produced), for the metrics.
+    ran: Vec<(String, std::ops::Range<usize>)>,
 }
 
 impl Pipeline {
@@ -116,13 +118,8 @@ impl Pipeline {
             let gate = self.gate.lock().await;
             loop {
                 let written = match self.process(&records).await {
-                    Ok(mut batch) => {
+                    Ok((mut batch, tally)) => {
                         batch.cursors.push((self.consumer.clone(), last + 1));
-                        let tally = crate::obs::Tally::of(
-                            &batch.appends,
-                            &self.input,
-                            &self.dead_letter_topic,
-                        );
                         let written = self.store.write(batch).await.map_err(|e| e.to_string());
                         if written.is_ok() {
                             tally.record();
@@ -151,8 +148,8 @@ impl Pipeline {
     }
 
     /// Runs a batch: one task per key (in order within it), at most `workers`
-    /// at once. Returns what to commit.
-    async fn process(&self, records: &[Record]) -> Result<WriteBatch, String> {
+    /// at once. Returns what to commit, and what to count once it is.
+    async fn process(&self, records: &[Record]) -> Result<(WriteBatch, crate::obs::Tally), String> {
         let routes = self
             .routes
             .read()
@@ -185,13 +182,14 @@ impl Pipeline {
                 let mut units = Vec::with_capacity(events.len());
                 for (index, ev) in events {
                     let span = tracing::info_span!("event", id = %ev.id, r#type = %ev.event_type, key = ev.key.as_deref().unwrap_or(""), traceparent = ev.traceparent.as_deref().unwrap_or(""));
-                    let (appends, links) = handle_event(&routes, &ev, &kv, &policy, &dlq)
+                    let (appends, links, ran) = handle_event(&routes, &ev, &kv, &policy, &dlq)
                         .instrument(span)
                         .await;
                     units.push(Unit {
                         index,
                         appends,
                         links,
+                        ran,
                     });
                 }
                 units
@@ -208,7 +206,11 @@ impl Pipeline {
         }
         units.sort_by_key(|u| u.index);
         let (mut appends, mut links) = (Vec::new(), Vec::new());
+        let mut tally = crate::obs::Tally::default();
         for u in units {
+            for (route, range) in &u.ran {
+                tally.route(route, &u.appends[range.clone()]);
+            }
             let base = appends.len();
             let cause = &records[u.index].event.id;
             links.extend(u.links.into_iter().map(|(i, info)| Link {
@@ -218,12 +220,14 @@ impl Pipeline {
             }));
             appends.extend(u.appends);
         }
-        Ok(WriteBatch {
+        tally.add(&appends, &self.input, &self.dead_letter_topic);
+        let batch = WriteBatch {
             appends,
             links,
             kv: kv.take(),
             ..Default::default()
-        })
+        };
+        Ok((batch, tally))
     }
 }
 
@@ -236,9 +240,10 @@ async fn handle_event(
     kv: &Arc<BatchKv>,
     policy: &StagePolicy,
     dead_letter_topic: &str,
-) -> (Vec<(String, Event)>, Vec<(usize, Vec<u8>)>) {
+) -> Handled {
     let mut appends = Vec::new();
     let mut links = Vec::new();
+    let mut ran = Vec::new();
     let mut routed = false;
     for route in routes.matching(&ev.event_type) {
         routed = true;
@@ -247,6 +252,7 @@ async fn handle_event(
             continue;
         }
         let unit = UnitKv::new(kv.clone());
+        let start = appends.len();
         match stage::run_route(route, ev, &unit, policy).await {
             Ok(outs) => {
                 unit.commit();
@@ -270,6 +276,7 @@ async fn handle_event(
                 ));
             }
         }
+        ran.push((route.name.clone(), start..appends.len()));
     }
     if !routed {
         let f = StageFailure {
@@ -284,8 +291,15 @@ async fn handle_event(
         links.push((appends.len(), crate::obs::dead_letter_link(None)));
         appends.push((dead_letter_topic.to_string(), dead_letter(ev, None, &f)));
     }
-    (appends, links)
+    (appends, links, ran)
 }
+
+/// What one event produced: records, their trace links, routes run.
+type Handled = (
+    Vec<(String, Event)>,
+    Vec<(usize, Vec<u8>)>,
+    Vec<(String, std::ops::Range<usize>)>,
+);
 
 /// Waits `d` or until shutdown; true if shutting down.
 async fn wait_or_stop(shutdown: &mut watch::Receiver<bool>, d: Duration) -> bool {

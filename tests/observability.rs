@@ -155,6 +155,20 @@ fn metrics_count_exactly_what_happened() {
             "switchyard_consumer_lag{consumer=\"router\",topic=\"events\"}".into(),
             0.0,
         ),
+        (
+            "switchyard_route_events_total{route=\"two-stage\"}".into(),
+            5.0,
+        ),
+        (
+            format!(
+                "switchyard_route_outputs_total{{route=\"two-stage\",topic=\"{DOMAIN_TOPIC}\"}}"
+            ),
+            3.0,
+        ),
+        (
+            "switchyard_route_outputs_total{route=\"two-stage\",topic=\"dead-letter\"}".into(),
+            2.0,
+        ),
     ];
     let mut wrong = Vec::new();
     for (series, want) in &expect {
@@ -173,6 +187,17 @@ fn metrics_count_exactly_what_happened() {
     assert_eq!(total("switchyard_events_in_total"), 5.0);
     assert_eq!(total("switchyard_events_out_total"), 3.0);
     assert_eq!(total("switchyard_dead_lettered_total"), 2.0);
+
+    // A reload is counted by outcome.
+    let reloaded = "switchyard_reloads_total{kind=\"plugin\",outcome=\"ok\"}";
+    let before = m.get(reloaded).copied().unwrap_or(0.0);
+    let resp = agent()
+        .post(router.url("/v1/plugins/chaos/reload"))
+        .send_empty()
+        .expect("POST reload");
+    assert_eq!(resp.status().as_u16(), 200);
+    let (_, m) = scrape(&router);
+    assert_eq!(m.get(reloaded).copied(), Some(before + 1.0));
 
     let (status, ready) = router.get("/readyz");
     assert_eq!(status, 200, "{ready}");
@@ -275,5 +300,51 @@ fn the_trace_of_an_event_shows_its_stages_outputs_and_dead_letters() {
 
     let (status, body) = router.get("/v1/events/no-such-id/trace");
     assert_eq!(status, 404, "{body}");
+    router.stop();
+}
+
+#[test]
+fn readyz_names_a_sink_that_cannot_reach_its_broker() {
+    // A port nothing listens on: the SNS sink's broker is down.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let endpoint = format!("http://{}", closed.local_addr().unwrap());
+    drop(closed);
+    let config = format!(
+        "{}\n[aws]\nregion = \"eu-west-2\"\nmax_attempts = 1\n\n[sinks.sns.out]\ntopic = \"switchyard-events\"\nfrom = [\"domain.*\"]\n",
+        two_stage_config()
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let router = Router::start_with(dir.path(), &config, |cmd| {
+        cmd.env("AWS_ENDPOINT_URL", &endpoint)
+            .env("AWS_REGION", "eu-west-2")
+            .env("AWS_ACCESS_KEY_ID", "test")
+            .env("AWS_SECRET_ACCESS_KEY", "test")
+            .env("AWS_EC2_METADATA_DISABLED", "true")
+            .env("AWS_CONFIG_FILE", "/nonexistent")
+            .env("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent");
+    });
+    let (status, body) = router.get("/readyz");
+    assert_eq!(status, 200, "nothing to deliver yet: {body}");
+    let (status, body) = router.post_json(&event(RECEIVED, "none", "A1111AA"));
+    assert_eq!(status, 202, "{body}");
+    let start = std::time::Instant::now();
+    let body = loop {
+        let (status, body) = router.get("/readyz");
+        if status == 503 {
+            break body;
+        }
+        assert!(start.elapsed() < DEADLINE, "never unready: {body}");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    assert_eq!(body["status"], "not ready");
+    let failed = body["failed"].as_array().unwrap();
+    assert_eq!(failed.len(), 1, "{body}");
+    assert_eq!(failed[0]["check"], "sinks");
+    assert!(
+        failed[0]["reason"].as_str().unwrap().contains("sink out"),
+        "{body}"
+    );
+    let (_, m) = scrape(&router);
+    assert_eq!(m.get("switchyard_sink_retrying{sink=\"out\"}"), Some(&1.0));
     router.stop();
 }

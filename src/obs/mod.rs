@@ -219,6 +219,19 @@ pub fn route_link(route: &Route) -> Vec<u8> {
         .into_bytes()
 }
 
+/// The trace link of an output of a direct-delivery route, written with its
+/// input during the request: the producing plugin is on the output itself.
+pub fn direct_link(out: &Event) -> Vec<u8> {
+    let attr = |k: &str| out.attributes.get(k).cloned();
+    json!({
+        "route": null,
+        "delivery": "direct",
+        "stages": [{ "plugin": attr(ATTR_PLUGIN), "version": attr(crate::event::ATTR_PLUGIN_VERSION) }],
+    })
+    .to_string()
+    .into_bytes()
+}
+
 /// The trace link of a dead-letter record (its data says the rest).
 pub fn dead_letter_link(route: Option<&str>) -> Vec<u8> {
     json!({ "route": route, "deadLetter": true })

@@ -87,6 +87,8 @@ pub struct Staged {
     events: Vec<Event>,
     /// Outputs of direct routes: (topic, event).
     outputs: Vec<(String, Event)>,
+    /// Per output, the id of the event it was made from (trace links).
+    causes: Vec<String>,
     /// Per event, what direct delivery published for it.
     published: Vec<Vec<Published>>,
 }
@@ -160,12 +162,17 @@ pub async fn stage(
         outputs = run_direct(rt, &routes, &events, batch).await?;
         published = aws::publish_direct(rt, &mut outputs, events.len()).await?;
     }
+    let causes = outputs
+        .iter()
+        .map(|(i, _, _)| events[*i].id.clone())
+        .collect();
     Ok(Staged {
-        events,
         outputs: outputs
             .into_iter()
             .map(|(_, topic, ev)| (topic, ev))
             .collect(),
+        causes,
+        events,
         published,
     })
 }
@@ -234,8 +241,16 @@ pub async fn commit(
         summaries.push(summary);
         appends.extend(s.events.iter().map(|e| (topic.clone(), e.clone())));
     }
+    let mut links = Vec::new();
     for s in &staged {
-        appends.extend(s.outputs.iter().cloned());
+        for (out, cause) in s.outputs.iter().zip(&s.causes) {
+            links.push(crate::store::Link {
+                append: appends.len(),
+                cause: cause.clone(),
+                info: crate::obs::direct_link(&out.1),
+            });
+            appends.push(out.clone());
+        }
     }
     appends.extend(dead_letters.into_iter().map(|d| (dlq.clone(), d)));
     let tally = crate::obs::Tally::of(&appends, topic, dlq);
@@ -243,6 +258,7 @@ pub async fn commit(
         .store
         .write(WriteBatch {
             appends,
+            links,
             ..Default::default()
         })
         .await?;

@@ -108,12 +108,22 @@ pub async fn flow(State(rt): State<Arc<Runtime>>) -> Json<Value> {
             s
         })
         .collect();
+    let reserved = [
+        rt.config.ingest.topic.as_str(),
+        rt.config.router.dead_letter_topic.as_str(),
+    ];
     let sinks: Vec<Value> = rt
         .aws
         .iter()
         .flat_map(|a| a.sinks.iter())
         .map(|s| {
+            let from: Vec<&str> = topics
+                .iter()
+                .filter(|(t, _)| s.forwards(t, &reserved))
+                .map(|(t, _)| t.as_str())
+                .collect();
             json!({
+                "from": from,
                 "name": s.name,
                 "kind": s.dest.kind(),
                 "target": s.dest.target(),

@@ -93,17 +93,24 @@ impl<S: Default, const N: usize> Family<S, N> {
         }
     }
 
+    /// The series for `values` if it exists (never creates one).
+    pub fn find(&self, values: [&str; N]) -> Option<Arc<S>> {
+        let h = hash(&values);
+        let same = |k: &[Box<str>; N]| k.iter().zip(values.iter()).all(|(a, b)| &**a == *b);
+        let map = self.series.read().unwrap_or_else(|p| p.into_inner());
+        map.get(&h)
+            .and_then(|b| b.iter().find(|(k, _)| same(k)))
+            .map(|(_, s)| s.clone())
+    }
+
     /// The series for `values`, created on first use. Keep the `Arc` where a
     /// caller records often under the same labels.
     pub fn series(&self, values: [&str; N]) -> Arc<S> {
+        if let Some(s) = self.find(values) {
+            return s;
+        }
         let h = hash(&values);
         let same = |k: &[Box<str>; N]| k.iter().zip(values.iter()).all(|(a, b)| &**a == *b);
-        {
-            let map = self.series.read().unwrap_or_else(|p| p.into_inner());
-            if let Some((_, s)) = map.get(&h).and_then(|b| b.iter().find(|(k, _)| same(k))) {
-                return s.clone();
-            }
-        }
         let mut map = self.series.write().unwrap_or_else(|p| p.into_inner());
         let bucket = map.entry(h).or_default();
         if let Some((_, s)) = bucket.iter().find(|(k, _)| same(k)) {
@@ -134,9 +141,10 @@ impl<const N: usize> Family<Counter, N> {
         self.series(values).inc();
     }
 
-    /// The value of the series for `values` (0 when it does not exist).
+    /// The value of the series for `values` (0 when it does not exist;
+    /// reading does not create it).
     pub fn get(&self, values: [&str; N]) -> u64 {
-        self.series(values).get()
+        self.find(values).map_or(0, |c| c.get())
     }
 
     /// The sum of the series whose label number `label` is `value`.

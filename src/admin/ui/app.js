@@ -102,7 +102,10 @@ function drawFlow(flow, now) {
     const last = `stage:${r.name}:${r.stages.length - 1}`;
     r.outputs.forEach((o) => edge(last, "topic:" + o.topic, `out:${r.name}:${o.topic}`, o.count));
   });
-  flow.sinks.forEach((s, i) => node("sink:" + s.name, "sink", sinkCol, i, s.name, `${s.kind} ${s.target}`));
+  flow.sinks.forEach((s, i) => {
+    node("sink:" + s.name, s.retrying ? "sink dead" : "sink", sinkCol, i, s.name, `${s.kind} ${s.target} · ${s.delivered} sent`, { "data-sink": s.name });
+    s.from.forEach((t) => edge("topic:" + t, "sink:" + s.name));
+  });
   const rows = Math.max(flow.sources.length, flow.routes.length, topics.length, flow.sinks.length, 1);
   const cols = flow.sinks.length ? sinkCol + 1 : topicCol + 1;
   g.setAttribute("width", colX(cols));

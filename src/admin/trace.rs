@@ -1,13 +1,16 @@
 //! `GET /v1/events/{id}/trace`: where one event went.
 //!
-//! How it is recorded, cheaply: the store indexes every record by event id
-//! (`ids`: id → topic, offset), and the pipeline writes, in the same
-//! transaction as an input's outputs and dead-letter records, one trace link
-//! per record (`trace`: input id, topic, offset → route and the plugin
-//! version of each stage). So the trace is two index reads plus one read per
-//! record, and it can never name an output that was not committed. Outputs
-//! also carry `plugin` / `pluginversion` attributes and ids derived from the
-//! input id, which the trace shows as they are.
+//! How it is recorded, cheaply: one `trace` entry per input event in the
+//! store (id → its topic and offset, and a link per output or dead-letter
+//! record: topic, offset, route and the plugin version of each stage),
+//! written in the same transaction as those records by the pipeline (and,
+//! under its own key, by direct delivery). One insert per event, not per
+//! record, keeps it off the throughput; the trace is one
+//! index read plus one read per record, and never names an output that was
+//! not committed. An input not processed yet has no entry: it is found by
+//! scanning the ingest topic from the pipeline's cursor (at most
+//! `PENDING_SCAN` records). Outputs are traced from their input; they carry
+//! `plugin` / `pluginversion` attributes and ids derived from the input id.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -29,7 +32,7 @@ pub async fn trace(State(rt): State<Arc<Runtime>>, Path(id): Path<String>) -> Re
         Ok(None) => error(
             StatusCode::NOT_FOUND,
             "no such event",
-            json!([{ "field": "id", "reason": format!("no record has id {id:?}") }]),
+            json!([{ "field": "id", "reason": format!("no input event has id {id:?} (outputs are traced from their input)") }]),
         ),
         Err(e) => error(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -48,35 +51,74 @@ fn record(rt: &Runtime, topic: &str, offset: u64) -> Result<Option<Event>, Store
         .map(|r| r.event))
 }
 
-/// The trace of event `id`, or `None` when no record has that id.
+/// Records of the ingest topic after the pipeline's cursor searched for a
+/// pending event: bounds the cost of a lookup on a router that is far behind.
+const PENDING_SCAN: u64 = 10_000;
+
+/// A pending input: `(offset, event)` among the unprocessed records.
+fn find_pending(rt: &Runtime, id: &str) -> Result<Option<(u64, Event)>, StoreError> {
+    let topic = &rt.config.ingest.topic;
+    let cursor = rt.store.cursor(&rt.config.router.consumer)?;
+    let end = rt.store.topic_len(topic)?.min(cursor + PENDING_SCAN);
+    let mut from = cursor;
+    while from < end {
+        let records = rt.store.read(topic, from, 256)?;
+        let Some(last) = records.last().map(|r| r.offset) else {
+            break;
+        };
+        if let Some(r) = records.into_iter().find(|r| r.event.id == id) {
+            return Ok(Some((r.offset, r.event)));
+        }
+        from = last + 1;
+    }
+    Ok(None)
+}
+
+/// The trace of input event `id`, or `None` when no processed or pending
+/// input has that id.
 pub fn build(rt: &Runtime, id: &str) -> Result<Option<Value>, StoreError> {
-    let Some((topic, offset)) = rt.store.locate(id)? else {
-        return Ok(None);
+    let entries = rt.store.trace(id)?;
+    let from = entries
+        .iter()
+        .find_map(|e| Some((e["from"][0].as_str()?.to_string(), e["from"][1].as_u64()?)));
+    let cursor = rt.store.cursor(&rt.config.router.consumer)?;
+    let (topic, offset, ev) = match from {
+        Some((topic, offset)) => match record(rt, &topic, offset)? {
+            Some(ev) if ev.id == id => (topic, offset, ev),
+            _ => return Ok(None),
+        },
+        None => match find_pending(rt, id)? {
+            Some((offset, ev)) => (rt.config.ingest.topic.clone(), offset, ev),
+            None => return Ok(None),
+        },
     };
-    let Some(ev) = record(rt, &topic, offset)? else {
-        return Ok(None);
-    };
-    let ingest = &rt.config.ingest.topic;
-    let dlq = &rt.config.router.dead_letter_topic;
-    let state = if &topic != ingest {
-        "output"
-    } else if rt.store.cursor(&rt.config.router.consumer)? > offset {
-        "processed"
-    } else {
+    let state = if topic == rt.config.ingest.topic && offset >= cursor {
         "pending"
+    } else {
+        "processed"
     };
+    let dlq = &rt.config.router.dead_letter_topic;
     let mut routes: BTreeMap<String, Value> = BTreeMap::new();
     let (mut outputs, mut dead_letters) = (Vec::new(), Vec::new());
-    for (t, o, info) in rt.store.caused_by(id)? {
-        let info: Value = serde_json::from_slice(&info).unwrap_or(Value::Null);
-        let route = info["route"].as_str().unwrap_or("").to_string();
-        let Some(out) = record(rt, &t, o)? else {
+    let links: Vec<Value> = entries
+        .iter()
+        .filter_map(|e| e["links"].as_array())
+        .flatten()
+        .cloned()
+        .collect();
+    for link in links {
+        let (Some(t), Some(o)) = (link[0].as_str(), link[1].as_u64()) else {
             continue;
         };
-        let entry = routes.entry(route.clone()).or_insert_with(|| {
+        let info = &link[2];
+        let route = info["route"].as_str().unwrap_or("").to_string();
+        let Some(out) = record(rt, t, o)? else {
+            continue;
+        };
+        let entry = routes.entry(route).or_insert_with(|| {
             json!({ "route": info["route"], "stages": info.get("stages").cloned().unwrap_or(json!([])), "outputs": [], "deadLetters": [] })
         });
-        if &t == dlq {
+        if t == dlq {
             let data: Value = serde_json::from_str(&out.data).unwrap_or(Value::Null);
             let d = json!({
                 "topic": t, "offset": o, "id": out.id,

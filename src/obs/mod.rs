@@ -205,8 +205,8 @@ impl Tally {
 }
 
 /// What the trace of an input shows about an output of `route`: the route
-/// and the plugin version of every stage it passed (JSON, stored with the
-/// trace link).
+/// and the plugin version of every stage it passed (stored with the trace
+/// link).
 pub fn route_link(route: &Route) -> Vec<u8> {
     let stages: Vec<_> = route
         .stages

@@ -27,7 +27,7 @@ pub use stage::{DEAD_LETTER_TYPE, StageFailure, StagePolicy, dead_letter, derive
 use crate::config::RouterConfig;
 use crate::event::Event;
 use crate::router::RouteTable;
-use crate::store::{Link, Record, Store, WriteBatch};
+use crate::store::{Record, Store, Trace, WriteBatch};
 
 /// Back-off after a failed commit before the batch is tried again.
 const COMMIT_RETRY: Duration = Duration::from_millis(500);
@@ -169,6 +169,14 @@ impl Pipeline {
                 .push(i);
         }
         let limit = Arc::new(Semaphore::new(self.workers));
+        // What the trace shows about each route's outputs: once per batch.
+        let route_links: Arc<HashMap<String, Vec<u8>>> = Arc::new(
+            routes
+                .routes()
+                .iter()
+                .map(|r| (r.name.clone(), crate::obs::route_link(r)))
+                .collect(),
+        );
         let mut tasks = JoinSet::new();
         for key in order {
             let events: Vec<(usize, Event)> = groups[key]
@@ -177,12 +185,14 @@ impl Pipeline {
                 .collect();
             let (routes, kv, limit) = (routes.clone(), kv.clone(), limit.clone());
             let (policy, dlq) = (self.policy.clone(), self.dead_letter_topic.clone());
+            let route_links = route_links.clone();
             tasks.spawn(async move {
                 let _permit = limit.acquire_owned().await;
                 let mut units = Vec::with_capacity(events.len());
                 for (index, ev) in events {
-                    let span = tracing::info_span!("event", id = %ev.id, r#type = %ev.event_type, key = ev.key.as_deref().unwrap_or(""), traceparent = ev.traceparent.as_deref().unwrap_or(""));
-                    let (appends, links, ran) = handle_event(&routes, &ev, &kv, &policy, &dlq)
+                    let span = tracing::debug_span!("event", id = %ev.id, r#type = %ev.event_type, key = ev.key.as_deref().unwrap_or(""), traceparent = ev.traceparent.as_deref().unwrap_or(""));
+                    let (appends, links, ran) =
+                        handle_event(&routes, &route_links, &ev, &kv, &policy, &dlq)
                         .instrument(span)
                         .await;
                     units.push(Unit {
@@ -205,25 +215,31 @@ impl Pipeline {
             }
         }
         units.sort_by_key(|u| u.index);
-        let (mut appends, mut links) = (Vec::new(), Vec::new());
+        let (mut appends, mut traces) = (Vec::new(), Vec::with_capacity(units.len()));
         let mut tally = crate::obs::Tally::default();
         for u in units {
             for (route, range) in &u.ran {
                 tally.route(route, &u.appends[range.clone()]);
             }
             let base = appends.len();
-            let cause = &records[u.index].event.id;
-            links.extend(u.links.into_iter().map(|(i, info)| Link {
-                append: base + i,
-                cause: cause.clone(),
-                info,
-            }));
+            let input = &records[u.index];
+            traces.push(Trace {
+                id: input.event.id.clone(),
+                writer: 1,
+                input: None,
+                from: Some((self.input.clone(), input.offset)),
+                outputs: u
+                    .links
+                    .into_iter()
+                    .map(|(i, info)| (base + i, info))
+                    .collect(),
+            });
             appends.extend(u.appends);
         }
         tally.add(&appends, &self.input, &self.dead_letter_topic);
         let batch = WriteBatch {
             appends,
-            links,
+            traces,
             kv: kv.take(),
             ..Default::default()
         };
@@ -236,6 +252,7 @@ impl Pipeline {
 /// their trace links.
 async fn handle_event(
     routes: &RouteTable,
+    route_links: &HashMap<String, Vec<u8>>,
     ev: &Event,
     kv: &Arc<BatchKv>,
     policy: &StagePolicy,
@@ -257,7 +274,7 @@ async fn handle_event(
             Ok(outs) => {
                 unit.commit();
                 if !outs.is_empty() {
-                    let info = crate::obs::route_link(route);
+                    let info = route_links.get(&route.name).cloned().unwrap_or_default();
                     links.extend(
                         (appends.len()..appends.len() + outs.len()).map(|i| (i, info.clone())),
                     );

@@ -127,7 +127,7 @@ pub(crate) async fn call_with_retries(
     let mut attempt = 1;
     loop {
         let view = granted_kv.then(|| kv.scoped(namespace));
-        let span = tracing::info_span!("plugin", plugin = plugin.name(), version = plugin.version(), event = %ev.id, attempt);
+        let span = tracing::debug_span!("plugin", plugin = plugin.name(), version = plugin.version(), event = %ev.id, attempt);
         match plugin.handle(ev, view).instrument(span).await {
             Ok(outs) => return Ok((outs, attempt)),
             Err(e) if e.is_transient() && attempt < policy.max_attempts => {

@@ -241,14 +241,26 @@ pub async fn commit(
         summaries.push(summary);
         appends.extend(s.events.iter().map(|e| (topic.clone(), e.clone())));
     }
-    let mut links = Vec::new();
+    // Inputs with direct outputs start their trace entry here.
+    let mut traces: Vec<crate::store::Trace> = Vec::new();
+    let mut input_at = 0;
     for s in &staged {
+        let first = input_at;
+        input_at += s.events.len();
         for (out, cause) in s.outputs.iter().zip(&s.causes) {
-            links.push(crate::store::Link {
-                append: appends.len(),
-                cause: cause.clone(),
-                info: crate::obs::direct_link(&out.1),
-            });
+            let i = s.events.iter().position(|e| &e.id == cause).unwrap_or(0);
+            if !traces.iter().any(|t| &t.id == cause) {
+                traces.push(crate::store::Trace {
+                    id: cause.clone(),
+                    writer: 0,
+                    input: Some(first + i),
+                    ..Default::default()
+                });
+            }
+            if let Some(t) = traces.iter_mut().find(|t| &t.id == cause) {
+                t.outputs
+                    .push((appends.len(), crate::obs::direct_link(&out.1)));
+            }
             appends.push(out.clone());
         }
     }
@@ -258,7 +270,7 @@ pub async fn commit(
         .store
         .write(WriteBatch {
             appends,
-            links,
+            traces,
             ..Default::default()
         })
         .await?;

@@ -129,7 +129,8 @@ async function refreshRecent() {
   const from = Math.max(0, (t ? t.length : 0) - RECENT);
   const { body } = await getJson(`/v1/topics/${encodeURIComponent(state.topic)}/events?from=${from}&limit=${RECENT}`);
   const rows = (body.events || []).slice().reverse().map((e) =>
-    el("tr", {}, el("td", {}, e.offset), el("td", {}, e.type), el("td", {}, followLink(e.id)), el("td", {}, e.time || "")));
+    el("tr", {}, el("td", {}, e.offset), el("td", {}, e.type), el("td", {}, state.topic === state.flow.ingest ? followLink(e.id) : el("span", { class: "mono" }, e.id)),
+    el("td", {}, e.time || "")));
   document.querySelector("#recent tbody").replaceChildren(...rows);
 }
 
@@ -182,7 +183,7 @@ async function follow(id) {
     const stages = (r.stages || []).map((s) => `${s.plugin}@${s.version}`).join(" → ");
     const items = [el("div", {}, el("b", {}, `route ${r.route || "(none)"}`), " ", stages)];
     for (const o of r.outputs) {
-      items.push(el("div", { class: "output", "data-output-topic": o.topic }, `→ ${o.topic} @ ${o.offset} · ${o.type} · `, followLink(o.id)));
+      items.push(el("div", { class: "output", "data-output-topic": o.topic }, `→ ${o.topic} @ ${o.offset} · ${o.type} · `, el("span", { class: "mono" }, o.id)));
     }
     for (const d of r.deadLetters) {
       items.push(el("div", { class: "error deadletter" }, `✗ ${d.reason}: ${d.error} (${d.plugin || "router"}${d.pluginVersion ? "@" + d.pluginVersion : ""}, stage ${d.stage}) → ${d.topic} @ ${d.offset}`));

@@ -80,6 +80,8 @@ pub struct WriteBatch {
     pub appends: Vec<(String, Event)>,
     /// Consumer cursors to set (next offset to read).
     pub cursors: Vec<(String, u64)>,
+    /// Consumer cursors to delete (a consumer that will never run again).
+    pub drop_cursors: Vec<String>,
     /// Plugin state changes: `(namespace, key, Some(value) | None = delete)`.
     pub kv: Vec<(String, String, Option<Vec<u8>>)>,
     /// Plugin state namespaces to delete whole (applied before `kv`).
@@ -110,6 +112,7 @@ impl WriteBatch {
     pub fn is_empty(&self) -> bool {
         self.appends.is_empty()
             && self.cursors.is_empty()
+            && self.drop_cursors.is_empty()
             && self.kv.is_empty()
             && self.drop_namespaces.is_empty()
             && self.meta.is_empty()
@@ -255,13 +258,13 @@ impl Store {
             .unwrap_or(0))
     }
 
-    /// Every consumer cursor: `(consumer, next offset)`, by name.
+    /// Every consumer cursor, in name order.
     pub fn cursors(&self) -> Result<Vec<(String, u64)>, StoreError> {
         let txn = self.inner.db.begin_read().map_err(read_err)?;
         let table = txn.open_table(CURSORS).map_err(read_err)?;
         let mut out = Vec::new();
-        for item in table.iter().map_err(read_err)? {
-            let (k, v) = item.map_err(read_err)?;
+        for entry in table.iter().map_err(read_err)? {
+            let (k, v) = entry.map_err(read_err)?;
             out.push((k.value().to_string(), v.value()));
         }
         Ok(out)
@@ -477,6 +480,9 @@ fn commit(db: &Database, jobs: &[Job]) -> Result<Committed, String> {
                 cursors
                     .insert(consumer.as_str(), *offset)
                     .map_err(|e| s(&e))?;
+            }
+            for consumer in &job.batch.drop_cursors {
+                cursors.remove(consumer.as_str()).map_err(|e| s(&e))?;
             }
             for ns in &job.batch.drop_namespaces {
                 // Keys of a namespace sort between (ns, "") and (ns + NUL, ...).

@@ -162,6 +162,16 @@ fn a_projection_changed_under_load_is_rebuilt_and_swapped_without_missing_events
     let rebuilt = state(&router);
     assert_eq!(counts(&rebuilt), posted as u64);
     assert_eq!(rebuilt, state_from_scratch(&router, &v1));
+    router.stop();
+
+    // Finished rebuilds leave no cursor behind.
+    let store = switchyard::Store::open(&dir.path().join("data")).unwrap();
+    let cursors = store.cursors().unwrap();
+    assert!(
+        cursors.iter().all(|(c, _)| !c.starts_with("rebuild/")),
+        "{cursors:?}"
+    );
+    assert!(!cursors.is_empty(), "the live consumer's cursor is kept");
 }
 
 #[test]

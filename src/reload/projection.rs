@@ -118,6 +118,7 @@ pub async fn resume(
             batch
                 .drop_namespaces
                 .push(namespace(&name, stale.generation));
+            batch.drop_cursors.push(cursor_key(&name, stale.generation));
             batch.meta.push(meta_write(&name, &meta));
             store.write(batch).await?;
         }
@@ -141,6 +142,7 @@ pub async fn resume(
         Some(r) if r.digest == digest => r.generation,
         Some(r) => {
             batch.drop_namespaces.push(namespace(&name, r.generation));
+            batch.drop_cursors.push(cursor_key(&name, r.generation));
             r.generation.max(active.generation) + 1
         }
         None => active.generation + 1,
@@ -240,6 +242,7 @@ pub async fn run(
             let mut meta = read_meta(&rt.store, &name).map_err(e)?;
             let mut batch = WriteBatch {
                 drop_namespaces: vec![ns.clone()],
+                drop_cursors: vec![cursor.clone()],
                 ..Default::default()
             };
             if meta
@@ -270,12 +273,16 @@ pub async fn run(
                 digest: job.plugin.digest().to_string(),
             });
             meta.rebuild = None;
+            // The new generation now follows the live consumer's cursor, so
+            // its rebuild cursor is done with.
             let mut batch = WriteBatch {
                 meta: vec![meta_write(&name, &meta)],
+                drop_cursors: vec![cursor.clone()],
                 ..Default::default()
             };
             if let Some(old) = old.filter(|o| o.generation != job.generation) {
                 batch.drop_namespaces.push(namespace(&name, old.generation));
+                batch.drop_cursors.push(cursor_key(&name, old.generation));
             }
             rt.store.write(batch).await.map_err(e)?;
             rt.swap_stage(

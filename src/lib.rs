@@ -14,7 +14,8 @@
 //! * [`reload`] — hot reload: file watcher, verify-then-swap, projection rebuilds.
 //! * [`store`] — the embedded durable log, cursors and plugin state, on `redb`.
 //! * [`transport`] — sources and sinks: HTTP ingest, SQS sources, SNS/SQS sinks (outbox and direct).
-//! * [`admin`] — read API (topics, events, live stream) and health.
+//! * [`admin`] — read API (topics, events, live stream), health, metrics, event traces, the web page.
+//! * [`obs`] — observability: the metrics registry, trace links, W3C trace context.
 //! * `fuzzing` — harnesses shared by the fuzz targets and the corpus test (hidden).
 //! * [`runtime`] / [`server`] — putting the parts together and running them.
 
@@ -24,6 +25,7 @@ pub mod envelope;
 pub mod event;
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod obs;
 pub mod pipeline;
 pub mod plugin;
 pub mod reload;

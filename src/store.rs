@@ -29,6 +29,12 @@ const CURSORS: TableDefinition<&str, u64> = TableDefinition::new("cursors");
 const KV: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("kv");
 /// Small named records the router keeps about itself (projection generations).
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+/// `(input event id, writer)` → where the input is and what it became, as
+/// JSON `{"from":[topic, offset], "links":[[topic, offset, info], ...]}`.
+/// One entry per input and writer (`0` direct delivery, `1` the pipeline),
+/// so the index costs one insert per event handled and never a read-modify-
+/// write. Written in the same transaction as the records it names.
+const TRACE: TableDefinition<(&str, u8), &[u8]> = TableDefinition::new("trace");
 
 /// Most jobs folded into one transaction: bounds the latency a large queue
 /// adds to the first caller in it.
@@ -82,6 +88,24 @@ pub struct WriteBatch {
     pub drop_namespaces: Vec<String>,
     /// Router records to set (`Some`) or remove (`None`).
     pub meta: Vec<(String, Option<Vec<u8>>)>,
+    /// Trace entries: what each input of this batch became (see [`Trace`]).
+    pub traces: Vec<Trace>,
+}
+
+/// What an input event became in one write: its `trace` entry.
+#[derive(Debug, Clone, Default)]
+pub struct Trace {
+    /// The input's event id.
+    pub id: String,
+    /// Which writer: `0` direct delivery, `1` the pipeline.
+    pub writer: u8,
+    /// Where the input is: an index into this batch's `appends`...
+    pub input: Option<usize>,
+    /// ...or a record written before.
+    pub from: Option<(String, u64)>,
+    /// Records made from it: (index into `appends`, what the trace shows,
+    /// as JSON text, serialised by the caller off the writer thread).
+    pub outputs: Vec<(usize, Vec<u8>)>,
 }
 
 impl WriteBatch {
@@ -136,6 +160,7 @@ impl Store {
             txn.open_table(CURSORS).map_err(|e| open_err(e.into()))?;
             txn.open_table(KV).map_err(|e| open_err(e.into()))?;
             txn.open_table(META).map_err(|e| open_err(e.into()))?;
+            txn.open_table(TRACE).map_err(|e| open_err(e.into()))?;
         }
         txn.commit().map_err(|e| open_err(e.into()))?;
         let db = Arc::new(db);
@@ -241,6 +266,20 @@ impl Store {
         for entry in table.iter().map_err(read_err)? {
             let (k, v) = entry.map_err(read_err)?;
             out.push((k.value().to_string(), v.value()));
+        }
+        Ok(out)
+    }
+
+    /// The trace entries of input event `id`, one per writer (see `TRACE`).
+    pub fn trace(&self, id: &str) -> Result<Vec<serde_json::Value>, StoreError> {
+        let txn = self.inner.db.begin_read().map_err(read_err)?;
+        let table = txn.open_table(TRACE).map_err(read_err)?;
+        let mut out = Vec::new();
+        for item in table.range((id, 0)..=(id, u8::MAX)).map_err(read_err)? {
+            let (_, v) = item.map_err(read_err)?;
+            if let Ok(entry) = serde_json::from_slice(v.value()) {
+                out.push(entry);
+            }
         }
         Ok(out)
     }
@@ -375,6 +414,49 @@ fn writer_loop(db: &Database, rx: mpsc::Receiver<Job>, inner: std::sync::Weak<In
 
 type Committed = (Vec<Vec<u64>>, HashMap<String, u64>);
 
+/// Writes `t` as the input's entry for its writer; the JSON is put
+/// together from pre-serialised parts, to keep the writer thread's work small.
+fn write_trace(
+    table: &mut redb::Table<(&str, u8), &[u8]>,
+    t: &Trace,
+    appends: &[(String, Event)],
+    offs: &[u64],
+) -> Result<(), redb::Error> {
+    use std::io::Write as _;
+    let loc = |i: usize| {
+        appends
+            .get(i)
+            .zip(offs.get(i))
+            .map(|((topic, _), o)| (topic.as_str(), *o))
+    };
+    let quote = |s: &str| serde_json::to_string(s).unwrap_or_default();
+    let mut b: Vec<u8> = Vec::with_capacity(64 + t.outputs.len() * 160);
+    b.extend_from_slice(b"{");
+    let from = t
+        .input
+        .and_then(loc)
+        .or(t.from.as_ref().map(|(t, o)| (t.as_str(), *o)));
+    if let Some((topic, offset)) = from {
+        let _ = write!(b, "\"from\":[{},{offset}],", quote(topic));
+    }
+    b.extend_from_slice(b"\"links\":[");
+    let mut first = true;
+    for (i, info) in &t.outputs {
+        if let Some((topic, offset)) = loc(*i) {
+            if !first {
+                b.push(b',');
+            }
+            first = false;
+            let _ = write!(b, "[{},{offset},", quote(topic));
+            b.extend_from_slice(info);
+            b.push(b']');
+        }
+    }
+    b.extend_from_slice(b"]}");
+    table.insert((t.id.as_str(), t.writer), b.as_slice())?;
+    Ok(())
+}
+
 fn commit(db: &Database, jobs: &[Job]) -> Result<Committed, String> {
     let s = |e: &dyn std::fmt::Display| e.to_string();
     let mut txn = db.begin_write().map_err(|e| s(&e))?;
@@ -388,6 +470,7 @@ fn commit(db: &Database, jobs: &[Job]) -> Result<Committed, String> {
         let mut cursors = txn.open_table(CURSORS).map_err(|e| s(&e))?;
         let mut kv = txn.open_table(KV).map_err(|e| s(&e))?;
         let mut meta = txn.open_table(META).map_err(|e| s(&e))?;
+        let mut trace = txn.open_table(TRACE).map_err(|e| s(&e))?;
         for job in jobs {
             let mut offs = Vec::with_capacity(job.batch.appends.len());
             for (topic, event) in &job.batch.appends {
@@ -404,6 +487,9 @@ fn commit(db: &Database, jobs: &[Job]) -> Result<Committed, String> {
                     .map_err(|e| s(&e))?;
                 lengths.insert(topic.clone(), next + 1);
                 offs.push(next);
+            }
+            for t in &job.batch.traces {
+                write_trace(&mut trace, t, &job.batch.appends, &offs).map_err(|e| s(&e))?;
             }
             for (consumer, offset) in &job.batch.cursors {
                 cursors
@@ -462,6 +548,50 @@ mod tests {
             attributes: Default::default(),
             traceparent: None,
         }
+    }
+
+    #[tokio::test]
+    async fn trace_entries_name_the_records_of_their_write_per_writer() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        store
+            .write(WriteBatch {
+                appends: vec![("in".into(), ev("i1")), ("out".into(), ev("o1"))],
+                traces: vec![Trace {
+                    id: "i1".into(),
+                    writer: 0,
+                    input: Some(0),
+                    from: None,
+                    outputs: vec![(1, br#"{"route":null}"#.to_vec())],
+                }],
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        store
+            .write(WriteBatch {
+                appends: vec![("out".into(), ev("o2")), ("dlq".into(), ev("d1"))],
+                traces: vec![Trace {
+                    id: "i1".into(),
+                    writer: 1,
+                    input: None,
+                    from: Some(("in".into(), 0)),
+                    outputs: vec![(0, br#"{"route":"r"}"#.to_vec()), (1, b"{}".to_vec())],
+                }],
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        let entries = store.trace("i1").unwrap();
+        assert_eq!(
+            entries,
+            vec![
+                serde_json::json!({ "from": ["in", 0], "links": [["out", 0, { "route": null }]] }),
+                serde_json::json!({ "from": ["in", 0], "links": [["out", 1, { "route": "r" }], ["dlq", 0, {}]] }),
+            ]
+        );
+        assert!(store.trace("i").unwrap().is_empty());
+        store.close();
     }
 
     #[tokio::test]

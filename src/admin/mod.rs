@@ -1,6 +1,6 @@
 //! The read and admin API: topics, their events (page by page and live over
-//! Server-Sent Events), and health; `auth.rs` guards the mutating endpoints
-//! with the admin token.
+//! Server-Sent Events), health and readiness, metrics, event traces, and the
+//! web page; `auth.rs` guards the mutating endpoints with the admin token.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -18,7 +18,10 @@ use serde_json::json;
 
 mod auth;
 mod dead_letter;
+mod metrics;
 mod plugins;
+mod trace;
+mod ui;
 
 pub use auth::{AdminToken, require_admin};
 
@@ -38,6 +41,14 @@ const STREAM_CHUNK: usize = 256;
 pub fn routes(rt: Arc<Runtime>) -> axum::Router {
     axum::Router::new()
         .route("/healthz", get(healthz))
+        .route("/readyz", get(metrics::readyz))
+        .route("/metrics", get(metrics::metrics))
+        .route("/v1/events/{id}/trace", get(trace::trace))
+        .route("/v1/flow", get(ui::flow))
+        .route("/ui", get(ui::redirect))
+        .route("/ui/", get(ui::index))
+        .route("/ui/app.js", get(ui::script))
+        .route("/ui/style.css", get(ui::style))
         .route("/v1/topics", get(topics))
         .route("/v1/topics/{topic}/events", get(events))
         .route("/v1/topics/{topic}/stream", get(stream))

@@ -1,10 +1,12 @@
 //! `switchyard run | validate | replay | plugin new | plugin build | plugin test |
-//! plugin inspect | aws setup`.
+//! plugin inspect | aws setup | asyncapi | tap`.
 
+mod asyncapi;
 mod plugin_build;
 mod plugin_new;
 mod plugin_test;
 mod replay;
+mod tap;
 mod toolchain;
 
 use std::path::{Path, PathBuf};
@@ -95,6 +97,34 @@ enum Command {
     Plugin {
         #[command(subcommand)]
         command: PluginCommand,
+    },
+    /// Write an AsyncAPI 3.0 document of the config's channels, messages and routes.
+    Asyncapi {
+        #[arg(long, default_value = "config/switchyard.toml")]
+        config: PathBuf,
+        /// Output file (JSON if it ends in .json, YAML otherwise); stdout (YAML) without it.
+        #[arg(short = 'o', long = "out")]
+        out: Option<PathBuf>,
+    },
+    /// Follow a topic's records live in the terminal.
+    Tap {
+        /// The topic to follow.
+        topic: String,
+        /// Only records of these event types (globs; repeat for several).
+        #[arg(long = "type")]
+        types: Vec<String>,
+        /// Start at the topic's first record instead of its end.
+        #[arg(long)]
+        from_start: bool,
+        /// Stop after this many records.
+        #[arg(long)]
+        count: Option<usize>,
+        /// Print each record as one line of JSON (a CloudEvent with its offset).
+        #[arg(long)]
+        json: bool,
+        /// The router's address.
+        #[arg(long, default_value = "http://127.0.0.1:8080", env = "SWITCHYARD_URL")]
+        url: String,
     },
     /// AWS resources for local work and tests.
     Aws {
@@ -250,6 +280,22 @@ fn run(command: Command) -> Result<ExitCode> {
         Command::Aws {
             command: AwsCommand::Setup { config },
         } => ok(rt.block_on(aws_setup(&config))),
+        Command::Asyncapi { config, out } => ok(asyncapi::run(&config, out.as_deref())),
+        Command::Tap {
+            topic,
+            types,
+            from_start,
+            count,
+            json,
+            url,
+        } => ok(tap::run(tap::TapArgs {
+            url,
+            topic,
+            types,
+            from_start,
+            count,
+            json,
+        })),
         Command::Plugin { command } => match command {
             PluginCommand::New { name, lang, dir } => {
                 ok(plugin_new::new(&name, lang, &dir).map(|_| ()))

@@ -20,6 +20,7 @@ use std::time::Duration;
 
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
+use tracing::Instrument;
 
 pub use hold::{HELD_PREFIX, Held, load as held_keys};
 pub use kv::{BatchKv, UnitKv};
@@ -31,7 +32,7 @@ pub use stage::{
 use crate::config::RouterConfig;
 use crate::event::{ATTR_REPLAY_ROUTE, Event};
 use crate::router::RouteTable;
-use crate::store::{Record, Store, WriteBatch};
+use crate::store::{Record, Store, Trace, WriteBatch};
 
 /// Back-off after a failed commit before the batch is tried again.
 const COMMIT_RETRY: Duration = Duration::from_millis(500);
@@ -57,6 +58,10 @@ pub struct Pipeline {
 struct Unit {
     index: usize,
     appends: Vec<(String, Event)>,
+    /// Trace links: (index into `appends`, what the trace shows about it).
+    links: Vec<(usize, Vec<u8>)>,
+    /// Routes run: (route, range of `appends` it produced), for the metrics.
+    ran: Vec<(String, std::ops::Range<usize>)>,
 }
 
 /// What every task of a batch or a retry shares.
@@ -122,12 +127,20 @@ impl Pipeline {
                 let gate = self.gate.lock().await;
                 let written = match self.retry_held().await {
                     Ok(batch) if batch.is_empty() => Ok(()),
-                    Ok(batch) => self
-                        .store
-                        .write(batch)
-                        .await
-                        .map(|_| ())
-                        .map_err(|e| e.to_string()),
+                    Ok(batch) => {
+                        let mut tally = crate::obs::Tally::default();
+                        tally.add(&batch.appends, &self.input, &self.dead_letter_topic);
+                        let written = self
+                            .store
+                            .write(batch)
+                            .await
+                            .map(|_| ())
+                            .map_err(|e| e.to_string());
+                        if written.is_ok() {
+                            tally.record();
+                        }
+                        written
+                    }
                     Err(e) => Err(e),
                 };
                 drop(gate);
@@ -167,9 +180,13 @@ impl Pipeline {
             let gate = self.gate.lock().await;
             loop {
                 let written = match self.process(&records).await {
-                    Ok(mut batch) => {
+                    Ok((mut batch, tally)) => {
                         batch.cursors.push((self.consumer.clone(), last + 1));
-                        self.store.write(batch).await.map_err(|e| e.to_string())
+                        let written = self.store.write(batch).await.map_err(|e| e.to_string());
+                        if written.is_ok() {
+                            tally.record();
+                        }
+                        written
                     }
                     Err(e) => Err(e),
                 };
@@ -208,7 +225,7 @@ impl Pipeline {
     /// Runs a batch: one task per key (in order within it), at most `workers`
     /// at once. Returns what to commit: outputs, dead letters, state and the
     /// held keys it started or added to.
-    async fn process(&self, records: &[Record]) -> Result<WriteBatch, String> {
+    async fn process(&self, records: &[Record]) -> Result<(WriteBatch, crate::obs::Tally), String> {
         let ctx = self.ctx();
         let mut held = hold::load(&self.store).map_err(|e| e.to_string())?;
         let mut groups: HashMap<&str, Vec<usize>> = HashMap::new();
@@ -224,6 +241,14 @@ impl Pipeline {
                 .push(i);
         }
         let limit = Arc::new(Semaphore::new(self.workers));
+        // What the trace shows about each route's outputs: once per batch.
+        let route_links: Arc<HashMap<String, Vec<u8>>> = Arc::new(
+            ctx.routes
+                .routes()
+                .iter()
+                .map(|r| (r.name.clone(), crate::obs::route_link(r)))
+                .collect(),
+        );
         let mut tasks = JoinSet::new();
         for key in order {
             let events: Vec<(usize, u64, Event)> = groups[key]
@@ -237,13 +262,23 @@ impl Pipeline {
                 }
             }
             let (ctx, limit, key) = (ctx.clone(), limit.clone(), key.to_string());
+            let route_links = route_links.clone();
             tasks.spawn(async move {
                 let _permit = limit.acquire_owned().await;
                 let before = holds.clone();
                 let mut units = Vec::with_capacity(events.len());
                 for (index, offset, ev) in events {
-                    let appends = handle_event(&ctx, &key, offset, &ev, &mut holds).await;
-                    units.push(Unit { index, appends });
+                    let span = tracing::debug_span!("event", id = %ev.id, r#type = %ev.event_type, key = ev.key.as_deref().unwrap_or(""), traceparent = ev.traceparent.as_deref().unwrap_or(""));
+                    let (appends, links, ran) =
+                        handle_event(&ctx, &route_links, &key, offset, &ev, &mut holds)
+                            .instrument(span)
+                            .await;
+                    units.push(Unit {
+                        index,
+                        appends,
+                        links,
+                        ran,
+                    });
                 }
                 let changed: Vec<(String, Option<Vec<u8>>)> = holds
                     .iter()
@@ -267,12 +302,36 @@ impl Pipeline {
             }
         }
         units.sort_by_key(|u| u.index);
-        Ok(WriteBatch {
-            appends: units.into_iter().flat_map(|u| u.appends).collect(),
+        let (mut appends, mut traces) = (Vec::new(), Vec::with_capacity(units.len()));
+        let mut tally = crate::obs::Tally::default();
+        for u in units {
+            for (route, range) in &u.ran {
+                tally.route(route, &u.appends[range.clone()]);
+            }
+            let base = appends.len();
+            let input = &records[u.index];
+            traces.push(Trace {
+                id: input.event.id.clone(),
+                writer: 1,
+                input: None,
+                from: Some((self.input.clone(), input.offset)),
+                outputs: u
+                    .links
+                    .into_iter()
+                    .map(|(i, info)| (base + i, info))
+                    .collect(),
+            });
+            appends.extend(u.appends);
+        }
+        tally.add(&appends, &self.input, &self.dead_letter_topic);
+        let batch = WriteBatch {
+            appends,
+            traces,
             kv: ctx.kv.take(),
             meta,
             ..Default::default()
-        })
+        };
+        Ok((batch, tally))
     }
 
     /// Retries the first event of every held key whose time has come, and
@@ -409,12 +468,15 @@ async fn retry_key(
 /// the key is held only queues the event.
 async fn handle_event(
     ctx: &Ctx,
+    route_links: &HashMap<String, Vec<u8>>,
     key: &str,
     offset: u64,
     ev: &Event,
     holds: &mut KeyHolds,
-) -> Vec<(String, Event)> {
+) -> Handled {
     let mut appends = Vec::new();
+    let mut links = Vec::new();
+    let mut ran = Vec::new();
     let mut routed = false;
     let only = ev.attributes.get(ATTR_REPLAY_ROUTE);
     for route in ctx.routes.matching(&ev.event_type) {
@@ -429,6 +491,10 @@ async fn handle_event(
         if let Some(h) = holds.get_mut(&route.name) {
             if h.parked {
                 tracing::warn!(event = %ev.id, route = %route.name, key, "event of a parked key dead-lettered");
+                links.push((
+                    appends.len(),
+                    crate::obs::dead_letter_link(Some(&route.name)),
+                ));
                 appends.push((ctx.dlq.clone(), hold::parked_letter(ev, h, route)));
             } else {
                 tracing::debug!(event = %ev.id, route = %route.name, key, "event waits behind its held key");
@@ -437,9 +503,16 @@ async fn handle_event(
             continue;
         }
         let unit = UnitKv::new(ctx.kv.clone());
+        let start = appends.len();
         match stage::run_route(route, ev, &unit, &ctx.policy).await {
             Ok(outs) => {
                 unit.commit();
+                if !outs.is_empty() {
+                    let info = route_links.get(&route.name).cloned().unwrap_or_default();
+                    links.extend(
+                        (appends.len()..appends.len() + outs.len()).map(|i| (i, info.clone())),
+                    );
+                }
                 appends.extend(outs);
             }
             Err(f) if hold::holds(route, &f, &ctx.policy) => {
@@ -450,9 +523,14 @@ async fn handle_event(
             }
             Err(f) => {
                 tracing::warn!(event = %ev.id, route = %route.name, plugin = %f.plugin, reason = %f.kind, error = %f.error, "event dead-lettered");
+                links.push((
+                    appends.len(),
+                    crate::obs::dead_letter_link(Some(&route.name)),
+                ));
                 appends.push((ctx.dlq.clone(), dead_letter(ev, Some(&route.name), &f)));
             }
         }
+        ran.push((route.name.clone(), start..appends.len()));
     }
     if !routed {
         let f = match only {
@@ -469,10 +547,18 @@ async fn handle_event(
             ),
         };
         tracing::warn!(event = %ev.id, r#type = %ev.event_type, "event has no route");
+        links.push((appends.len(), crate::obs::dead_letter_link(None)));
         appends.push((ctx.dlq.clone(), dead_letter(ev, None, &f)));
     }
-    appends
+    (appends, links, ran)
 }
+
+/// What one event produced: records, their trace links, routes run.
+type Handled = (
+    Vec<(String, Event)>,
+    Vec<(usize, Vec<u8>)>,
+    Vec<(String, std::ops::Range<usize>)>,
+);
 
 /// Waits `d` or until shutdown; true if shutting down.
 async fn wait_or_stop(shutdown: &mut watch::Receiver<bool>, d: Duration) -> bool {

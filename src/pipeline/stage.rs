@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::json;
+use tracing::Instrument;
 
 use super::kv::UnitKv;
 use crate::config::OnOpen;
@@ -255,7 +256,8 @@ pub(crate) async fn call_with_retries(
     let mut attempt = 1;
     loop {
         let view = granted_kv.then(|| kv.scoped(namespace));
-        match plugin.handle(ev, view).await {
+        let span = tracing::debug_span!("plugin", plugin = plugin.name(), version = plugin.version(), event = %ev.id, attempt);
+        match plugin.handle(ev, view).instrument(span).await {
             Ok(outs) => return Ok((outs, attempt)),
             Err(e) if e.is_transient() && attempt < policy.max_attempts => {
                 tracing::warn!(plugin = plugin.name(), event = %ev.id, attempt, error = %e, "transient failure, retrying");

@@ -333,6 +333,8 @@ pub struct Plugin {
     last_error: Mutex<Option<LastError>>,
     /// This version's circuit breaker: a reload starts with a closed one.
     breaker: Breaker,
+    /// This version's latency and trap series in the metrics.
+    metrics: crate::obs::PluginSeries,
 }
 
 /// A plugin's most recent failure, as `GET /v1/plugins` shows it.
@@ -448,9 +450,11 @@ impl Plugin {
         pre: ProcessorPre<State>,
         engine: SharedEngine,
     ) -> Result<Arc<Plugin>, LoadError> {
+        let version = digest[..12.min(digest.len())].to_string();
+        let spec_name = spec.name.clone();
         let plugin = Arc::new(Plugin {
             name: spec.name.as_str().into(),
-            version: digest[..12.min(digest.len())].to_string(),
+            version: version.clone(),
             digest,
             from_cache,
             permits: Semaphore::new(spec.limits.instances),
@@ -462,6 +466,7 @@ impl Plugin {
             calls: AtomicU64::new(0),
             failures: AtomicU64::new(0),
             last_error: Mutex::new(None),
+            metrics: crate::obs::PluginSeries::new(&spec_name, &version),
         });
         let first = plugin.instantiate().await?;
         plugin.release(first);
@@ -524,7 +529,18 @@ impl Plugin {
         kv: Option<Arc<dyn KvAccess>>,
     ) -> Result<Vec<Output>, CallError> {
         self.calls.fetch_add(1, Ordering::Relaxed);
+        let started = Instant::now();
         let r = self.call(ev, kv).await;
+        let fault = match &r {
+            Err(
+                e @ (CallError::Trap(_)
+                | CallError::Timeout(_)
+                | CallError::MemoryLimit(_)
+                | CallError::Denied(_)),
+            ) => Some(e.kind()),
+            _ => None,
+        };
+        self.metrics.observe(started.elapsed(), fault);
         if let Err(e) = &r {
             self.failures.fetch_add(1, Ordering::Relaxed);
             self.remember(e.kind(), &e.to_string());

@@ -86,6 +86,9 @@ impl Statuses {
     }
 
     pub fn record(&self, name: &str, record: ReloadRecord) {
+        crate::obs::metrics()
+            .reloads
+            .inc(["plugin", &record.outcome]);
         self.with(name, |e| {
             if e.history.len() == HISTORY {
                 e.history.pop_front();
@@ -100,6 +103,9 @@ impl Statuses {
 
     /// Records a config or schema reload.
     pub fn record_config(&self, record: ReloadRecord) {
+        crate::obs::metrics()
+            .reloads
+            .inc(["config", &record.outcome]);
         let mut h = self.config.lock().unwrap_or_else(|p| p.into_inner());
         if h.len() == HISTORY {
             h.pop_front();

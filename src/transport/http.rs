@@ -44,6 +44,22 @@ pub fn error(status: StatusCode, error: &str, details: serde_json::Value) -> Res
     (status, Json(json!({ "error": error, "details": details }))).into_response()
 }
 
+/// Counts a refused request by reason (`switchyard_rejected_total`).
+fn rejected(reason: &str) {
+    crate::obs::metrics().rejected.inc(["http", reason]);
+}
+
+/// Counts a refusal by one of the request limits, named by its status.
+fn refused(r: Response) -> Response {
+    rejected(match r.status() {
+        StatusCode::PAYLOAD_TOO_LARGE => "too-large",
+        StatusCode::REQUEST_TIMEOUT => "timeout",
+        StatusCode::SERVICE_UNAVAILABLE => "busy",
+        _ => "unreadable",
+    });
+    r
+}
+
 async fn post_events(
     State(Ingest { rt, limits }): State<Ingest>,
     headers: HeaderMap,
@@ -52,25 +68,48 @@ async fn post_events(
     // Held until the answer: bounds bodies in memory and queued writes.
     let _slot = match limits.admit() {
         Ok(slot) => slot,
-        Err(r) => return *r,
+        Err(r) => return refused(*r),
     };
     let body = match limits.read_body(&headers, body).await {
         Ok(b) => b,
-        Err(r) => return *r,
+        Err(r) => return refused(*r),
     };
     let json_body = headers
         .get(axum::http::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.to_ascii_lowercase().contains("json"));
     if json_body && let Err(r) = limits.check_depth(&body) {
+        rejected("too-deep");
         return *r;
     }
     let decoded = match decode_http(&headers, &body, &rt.ingest) {
         Ok(d) => d,
-        Err(e) => return envelope_error(&e),
+        Err(e) => {
+            rejected(if e.status() == 415 {
+                "unsupported-media-type"
+            } else {
+                "malformed"
+            });
+            return envelope_error(&e);
+        }
     };
     let batch = decoded.batch;
-    match ingest(&rt, decoded.events, batch).await {
+    let result = ingest(&rt, decoded.events, batch).await;
+    match &result {
+        Ok(accepted) => {
+            for a in accepted {
+                crate::obs::metrics().events_in.inc(["http", &a.event_type]);
+            }
+        }
+        Err(e) => rejected(match e {
+            IngestError::Invalid(_) => "schema",
+            IngestError::Unrouted(_) => "no-route",
+            IngestError::Rejected(_) => "refused",
+            IngestError::Undelivered(_) => "undelivered",
+            IngestError::Unavailable(_) => "unavailable",
+        }),
+    }
+    match result {
         Ok(accepted) => {
             let topic = &rt.config.ingest.topic;
             let answer = match (batch, accepted.first()) {

@@ -88,6 +88,8 @@ pub struct Staged {
     events: Vec<Event>,
     /// Outputs of direct routes: (topic, event).
     outputs: Vec<(String, Event)>,
+    /// Per output, the id of the event it was made from (trace links).
+    causes: Vec<String>,
     /// Per event, what direct delivery published for it.
     published: Vec<Vec<Published>>,
 }
@@ -171,12 +173,17 @@ pub async fn stage(
         outputs = run_direct(rt, &routes, &events, batch).await?;
         published = aws::publish_direct(rt, &mut outputs, events.len()).await?;
     }
+    let causes = outputs
+        .iter()
+        .map(|(i, _, _)| events[*i].id.clone())
+        .collect();
     Ok(Staged {
-        events,
         outputs: outputs
             .into_iter()
             .map(|(_, topic, ev)| (topic, ev))
             .collect(),
+        causes,
+        events,
         published,
     })
 }
@@ -245,17 +252,40 @@ pub async fn commit(
         summaries.push(summary);
         appends.extend(s.events.iter().map(|e| (topic.clone(), e.clone())));
     }
+    // Inputs with direct outputs start their trace entry here.
+    let mut traces: Vec<crate::store::Trace> = Vec::new();
+    let mut input_at = 0;
     for s in &staged {
-        appends.extend(s.outputs.iter().cloned());
+        let first = input_at;
+        input_at += s.events.len();
+        for (out, cause) in s.outputs.iter().zip(&s.causes) {
+            let i = s.events.iter().position(|e| &e.id == cause).unwrap_or(0);
+            if !traces.iter().any(|t| &t.id == cause) {
+                traces.push(crate::store::Trace {
+                    id: cause.clone(),
+                    writer: 0,
+                    input: Some(first + i),
+                    ..Default::default()
+                });
+            }
+            if let Some(t) = traces.iter_mut().find(|t| &t.id == cause) {
+                t.outputs
+                    .push((appends.len(), crate::obs::direct_link(&out.1)));
+            }
+            appends.push(out.clone());
+        }
     }
     appends.extend(dead_letters.into_iter().map(|d| (dlq.clone(), d)));
+    let tally = crate::obs::Tally::of(&appends, topic, dlq);
     let offsets = rt
         .store
         .write(WriteBatch {
             appends,
+            traces,
             ..Default::default()
         })
         .await?;
+    tally.record();
     let mut offsets = offsets.into_iter();
     let mut out = Vec::with_capacity(staged.len());
     for (s, summary) in staged.into_iter().zip(summaries) {

@@ -228,9 +228,17 @@ impl SqsSource {
             dead.len(),
             staged.iter().map(|s| s.events().len()).sum::<usize>(),
         );
+        let types: Vec<String> = staged
+            .iter()
+            .flat_map(|s| s.events().iter().map(|e| e.event_type.clone()))
+            .collect();
         if !done.is_empty() {
             match commit(rt, staged, dead).await {
                 Ok(_) => {
+                    let source = format!("sqs:{}", self.name);
+                    for t in &types {
+                        crate::obs::metrics().events_in.inc([&source, t]);
+                    }
                     self.stats
                         .accepted
                         .fetch_add(n_events as u64, Ordering::Relaxed);

@@ -8,6 +8,7 @@
 //! progress, and then the store's writer drains its queue and stops.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -53,12 +54,12 @@ pub async fn serve(
     let mut aws_tasks = rt.aws.as_ref().map(|aws| aws.spawn(&rt, &shutdown));
     let mut http_stop = shutdown.clone();
     let stopping = rt.stopping.clone();
-    let served = axum::serve(listener, app(rt.clone()))
-        .with_graceful_shutdown(async move {
-            let _ = http_stop.wait_for(|s| *s).await;
-            stopping.send_replace(true);
-        })
-        .await;
+    let header_timeout = Duration::from_millis(rt.config.server.request_timeout_ms);
+    let served = serve_http(listener, app(rt.clone()), header_timeout, async move {
+        let _ = http_stop.wait_for(|s| *s).await;
+        stopping.send_replace(true);
+    })
+    .await;
     if let Err(e) = consumer.await {
         tracing::error!(error = %e, "pipeline task ended abnormally");
     }
@@ -72,4 +73,55 @@ pub async fn serve(
     rt.store.close();
     tracing::info!("router stopped");
     served
+}
+
+/// Accepts connections until `stop` completes, then lets in-flight requests
+/// finish. Unlike `axum::serve`, a client gets `header_timeout` to send a
+/// request's headers (hyper needs a timer for that), so a slow client cannot
+/// hold a connection open by trickling them.
+async fn serve_http(
+    listener: TcpListener,
+    app: axum::Router,
+    header_timeout: Duration,
+    stop: impl std::future::Future<Output = ()>,
+) -> std::io::Result<()> {
+    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+    use hyper_util::server::conn::auto::Builder;
+    use hyper_util::server::graceful::GracefulShutdown;
+    use hyper_util::service::TowerToHyperService;
+
+    let mut builder = Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_timeout);
+    let graceful = GracefulShutdown::new();
+    tokio::pin!(stop);
+    loop {
+        let (stream, _peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(conn) => conn,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off, go on.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut stop => break,
+        };
+        let service = TowerToHyperService::new(app.clone());
+        let conn = builder
+            .serve_connection(TokioIo::new(stream), service)
+            .into_owned();
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    graceful.shutdown().await;
+    Ok(())
 }

@@ -246,6 +246,19 @@ fn hostile_requests_get_their_status_and_reason_and_nothing_moves() {
     assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
     assert!(answer.contains("request_timeout_ms"), "{answer}");
 
+    // Headers trickled in and never finished: after request_timeout_ms the
+    // router closes the connection rather than holding it open.
+    let mut trickle = TcpStream::connect(&addr).unwrap();
+    write!(trickle, "POST /v1/events HTTP/1.1\r\nhost: {addr}\r\ncontent-").unwrap();
+    trickle.flush().unwrap();
+    trickle.set_read_timeout(Some(DEADLINE)).unwrap();
+    let mut rest = Vec::new();
+    let closed = trickle.read_to_end(&mut rest);
+    assert!(
+        closed.is_ok(),
+        "the router must close a connection whose headers never finish: {closed:?}"
+    );
+
     assert_eq!(offsets(&router), before, "no topic may move");
     // And the router still serves.
     let mut next = good.clone();

@@ -249,7 +249,11 @@ fn hostile_requests_get_their_status_and_reason_and_nothing_moves() {
     // Headers trickled in and never finished: after request_timeout_ms the
     // router closes the connection rather than holding it open.
     let mut trickle = TcpStream::connect(&addr).unwrap();
-    write!(trickle, "POST /v1/events HTTP/1.1\r\nhost: {addr}\r\ncontent-").unwrap();
+    write!(
+        trickle,
+        "POST /v1/events HTTP/1.1\r\nhost: {addr}\r\ncontent-"
+    )
+    .unwrap();
     trickle.flush().unwrap();
     trickle.set_read_timeout(Some(DEADLINE)).unwrap();
     let mut rest = Vec::new();

@@ -224,7 +224,7 @@ impl Pipeline {
 
     /// Runs a batch: one task per key (in order within it), at most `workers`
     /// at once. Returns what to commit: outputs, dead letters, state and the
-    /// held keys it started or added to.
+    /// held keys it started or added to; and what to count once it is written.
     async fn process(&self, records: &[Record]) -> Result<(WriteBatch, crate::obs::Tally), String> {
         let ctx = self.ctx();
         let mut held = hold::load(&self.store).map_err(|e| e.to_string())?;

@@ -69,6 +69,8 @@ fn main() -> Result<()> {
             max_output_bytes: 4 << 20,
         },
         grants: vec![Capability::Log],
+        breaker: Default::default(),
+        http: Default::default(),
     };
     let plugin = rt.block_on(async { PluginHost::new()?.load(spec).await })?;
     let route = Route {
@@ -80,13 +82,14 @@ fn main() -> Result<()> {
         }],
         direct: false,
         topics: None,
+        on_poison: Default::default(),
     };
     let tmp = std::env::temp_dir().join(format!("switchyard-peers-{}", std::process::id()));
     let store = switchyard::Store::open(&tmp)?;
     let policy = StagePolicy {
         max_attempts: 1,
         retry_backoff: Duration::ZERO,
-        reserved_topics: vec!["events".into()],
+        ..StagePolicy::new("events", &switchyard::config::RouterConfig::default())
     };
 
     // Extism

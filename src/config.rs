@@ -325,6 +325,15 @@ pub struct RouteConfig {
 }
 
 impl Config {
+    /// The topics only the router writes (ingest, dead-letter): a sink's
+    /// glob never forwards them, only an exact name does.
+    pub fn reserved_topics(&self) -> [&str; 2] {
+        [
+            self.ingest.topic.as_str(),
+            self.router.dead_letter_topic.as_str(),
+        ]
+    }
+
     /// Reads, parses and validates `file`.
     pub fn load(file: &Path) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(file).map_err(|e| ConfigError {

@@ -108,10 +108,7 @@ pub async fn flow(State(rt): State<Arc<Runtime>>) -> Json<Value> {
             s
         })
         .collect();
-    let reserved = [
-        rt.config.ingest.topic.as_str(),
-        rt.config.router.dead_letter_topic.as_str(),
-    ];
+    let reserved = rt.config.reserved_topics();
     let sinks: Vec<Value> = rt
         .aws
         .iter()

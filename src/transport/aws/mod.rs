@@ -149,10 +149,7 @@ pub async fn publish_direct(
             reason: "direct delivery needs a configured sink".into(),
         }]));
     };
-    let reserved = [
-        rt.config.ingest.topic.as_str(),
-        rt.config.router.dead_letter_topic.as_str(),
-    ];
+    let reserved = rt.config.reserved_topics();
     let deliveries = aws.sinks.iter().map(|sink| {
         let picked: Vec<usize> = (0..outputs.len())
             .filter(|&i| sink.forwards(&outputs[i].1, &reserved))
@@ -233,10 +230,7 @@ pub fn routes(rt: Arc<Runtime>) -> axum::Router {
 
 async fn sinks_status(State(rt): State<Arc<Runtime>>) -> Json<Value> {
     let topics = rt.store.topics().unwrap_or_default();
-    let reserved = [
-        rt.config.ingest.topic.as_str(),
-        rt.config.router.dead_letter_topic.as_str(),
-    ];
+    let reserved = rt.config.reserved_topics();
     let sinks: Vec<Value> = rt
         .aws
         .iter()

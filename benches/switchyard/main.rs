@@ -23,6 +23,11 @@ mod transform;
 
 use std::time::Instant;
 
+/// The same allocator as the `switchyard` binary: the router parts run in
+/// this process.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use anyhow::Result;
 
 use crate::report::Report;
@@ -45,6 +50,9 @@ struct Args {
     quick: bool,
     /// `--profile N`: only the real pipeline over N events, for callgrind.
     profile: Option<usize>,
+    /// `--profile-calls N`: only N plugin-stage calls (`run_route`);
+    /// `--profile-native-calls N`: the same with the native transform.
+    profile_calls: Option<(usize, bool)>,
     only: Vec<String>,
     write: bool,
 }
@@ -54,6 +62,7 @@ fn args() -> Result<Args> {
         bench: false,
         quick: false,
         profile: None,
+        profile_calls: None,
         only: Vec::new(),
         write: true,
     };
@@ -63,6 +72,12 @@ fn args() -> Result<Args> {
             "--quick" => a.quick = true,
             "--no-write" => a.write = false,
             "--profile" => a.profile = Some(it.next().unwrap_or_default().parse()?),
+            "--profile-calls" => {
+                a.profile_calls = Some((it.next().unwrap_or_default().parse()?, false))
+            }
+            "--profile-native-calls" => {
+                a.profile_calls = Some((it.next().unwrap_or_default().parse()?, true))
+            }
             "--only" => {
                 let list = it.next().unwrap_or_default();
                 for s in list.split(',').filter(|s| !s.is_empty()) {
@@ -104,6 +119,22 @@ fn main() -> Result<()> {
             .build()?;
         let eps = rt.block_on(stage::pipeline_rate(&evs, 1))?;
         println!("{n} events through the pipeline: {eps:.0} events/s");
+        return Ok(());
+    }
+    if let Some((n, native)) = args.profile_calls {
+        // Instructions per call, as above, for the plugin stage alone.
+        let evs: Vec<switchyard::Event> = events::generate(events::SEED, 10_000)
+            .into_iter()
+            .map(|g| g.event)
+            .collect();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let per_call = rt.block_on(stage::stage_calls(&evs, n, native))?;
+        println!(
+            "{n} plugin-stage calls: {:.2} µs per call",
+            per_call.as_secs_f64() * 1e6
+        );
         return Ok(());
     }
     let quick = args.quick;

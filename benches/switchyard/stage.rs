@@ -169,6 +169,27 @@ pub async fn drain(store: &Store, n: u64, t: &Transform<'_>, consumer: &str) -> 
     ))
 }
 
+/// `n` calls of the Wasm plugin stage (or the native transform) over
+/// `events` (cycled), for a profiler: the time per call (the plugin is
+/// loaded first, outside it).
+pub async fn stage_calls(events: &[Event], n: usize, native: bool) -> Result<Duration> {
+    let host = PluginHost::new()?;
+    let plugin = host.load(spec("domain-fanout", "domain-fanout")).await?;
+    let wasm = route(plugin);
+    let tmp = tempfile::tempdir()?;
+    let scratch = Store::open(&tmp.path().join("scratch"))?;
+    let t = if native {
+        Transform::Native
+    } else {
+        Transform::Wasm(&wasm)
+    };
+    let start = Instant::now();
+    for ev in events.iter().cycle().take(n) {
+        std::hint::black_box(t.apply(&scratch, ev).await?);
+    }
+    Ok(start.elapsed() / n.max(1) as u32)
+}
+
 /// Scenario 1: per-call and end-to-end, Wasm against native.
 pub fn wasm_vs_native(report: &mut Report, events: &[Event], quick: bool) -> Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread()

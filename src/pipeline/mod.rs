@@ -154,7 +154,7 @@ impl Pipeline {
                 // Go on to the next batch: held keys never starve the log.
             }
             let records = match self.store.read(&self.input, cursor, self.batch_size) {
-                Ok(r) => r,
+                Ok(r) => Arc::new(r),
                 Err(e) => {
                     tracing::error!(error = %e, cursor, "cannot read the input topic");
                     if wait_or_stop(&mut shutdown, COMMIT_RETRY).await {
@@ -222,10 +222,15 @@ impl Pipeline {
         }
     }
 
-    /// Runs a batch: one task per key (in order within it), at most `workers`
-    /// at once. Returns what to commit: outputs, dead letters, state and the
-    /// held keys it started or added to; and what to count once it is written.
-    async fn process(&self, records: &[Record]) -> Result<(WriteBatch, crate::obs::Tally), String> {
+    /// Runs a batch: each key's events in order, different keys on up to
+    /// `workers` tasks that take the next waiting key when they finish one
+    /// (a task per key cost more than the events of a small key). Returns
+    /// what to commit: outputs, dead letters, state and the held keys it
+    /// started or added to; and what to count once it is written.
+    async fn process(
+        &self,
+        records: &Arc<Vec<Record>>,
+    ) -> Result<(WriteBatch, crate::obs::Tally), String> {
         let ctx = self.ctx();
         let mut held = hold::load(&self.store).map_err(|e| e.to_string())?;
         let mut groups: HashMap<&str, Vec<usize>> = HashMap::new();
@@ -240,7 +245,6 @@ impl Pipeline {
                 })
                 .push(i);
         }
-        let limit = Arc::new(Semaphore::new(self.workers));
         // What the trace shows about each route's outputs: once per batch.
         let route_links: Arc<HashMap<String, Vec<u8>>> = Arc::new(
             ctx.routes
@@ -249,42 +253,58 @@ impl Pipeline {
                 .map(|r| (r.name.clone(), crate::obs::route_link(r)))
                 .collect(),
         );
-        let mut tasks = JoinSet::new();
+        let mut queue = std::collections::VecDeque::with_capacity(order.len());
         for key in order {
-            let events: Vec<(usize, u64, Event)> = groups[key]
-                .iter()
-                .map(|&i| (i, records[i].offset, records[i].event.clone()))
-                .collect();
             let mut holds: KeyHolds = KeyHolds::new();
-            for route in ctx.routes.routes() {
-                if let Some(h) = held.remove(&(route.name.clone(), key.to_string())) {
-                    holds.insert(route.name.clone(), h);
+            if !held.is_empty() {
+                for route in ctx.routes.routes() {
+                    if let Some(h) = held.remove(&(route.name.clone(), key.to_string())) {
+                        holds.insert(route.name.clone(), h);
+                    }
                 }
             }
-            let (ctx, limit, key) = (ctx.clone(), limit.clone(), key.to_string());
+            queue.push_back((
+                key.to_string(),
+                groups.remove(key).unwrap_or_default(),
+                holds,
+            ));
+        }
+        let tasks_n = self.workers.min(queue.len()).max(1);
+        let queue = Arc::new(std::sync::Mutex::new(queue));
+        let mut tasks = JoinSet::new();
+        for _ in 0..tasks_n {
+            let (ctx, queue, records) = (ctx.clone(), queue.clone(), records.clone());
             let route_links = route_links.clone();
             tasks.spawn(async move {
-                let _permit = limit.acquire_owned().await;
-                let before = holds.clone();
-                let mut units = Vec::with_capacity(events.len());
-                for (index, offset, ev) in events {
-                    let span = tracing::debug_span!("event", id = %ev.id, r#type = %ev.event_type, key = ev.key.as_deref().unwrap_or(""), traceparent = ev.traceparent.as_deref().unwrap_or(""));
-                    let (appends, links, ran) =
-                        handle_event(&ctx, &route_links, &key, offset, &ev, &mut holds)
-                            .instrument(span)
-                            .await;
-                    units.push(Unit {
-                        index,
-                        appends,
-                        links,
-                        ran,
-                    });
+                let mut units = Vec::new();
+                let mut changed: Vec<(String, Option<Vec<u8>>)> = Vec::new();
+                loop {
+                    let next = queue.lock().unwrap_or_else(|p| p.into_inner()).pop_front();
+                    let Some((key, indices, mut holds)) = next else {
+                        break;
+                    };
+                    let before = holds.clone();
+                    for index in indices {
+                        let (offset, ev) = (records[index].offset, &records[index].event);
+                        let span = tracing::debug_span!("event", id = %ev.id, r#type = %ev.event_type, key = ev.key.as_deref().unwrap_or(""), traceparent = ev.traceparent.as_deref().unwrap_or(""));
+                        let (appends, links, ran) =
+                            handle_event(&ctx, &route_links, &key, offset, ev, &mut holds)
+                                .instrument(span)
+                                .await;
+                        units.push(Unit {
+                            index,
+                            appends,
+                            links,
+                            ran,
+                        });
+                    }
+                    changed.extend(
+                        holds
+                            .iter()
+                            .filter(|(r, h)| before.get(*r) != Some(*h))
+                            .map(|(_, h)| (h.meta_key(), Some(h.to_bytes()))),
+                    );
                 }
-                let changed: Vec<(String, Option<Vec<u8>>)> = holds
-                    .iter()
-                    .filter(|(r, h)| before.get(*r) != Some(*h))
-                    .map(|(_, h)| (h.meta_key(), Some(h.to_bytes())))
-                    .collect();
                 (units, changed)
             });
         }

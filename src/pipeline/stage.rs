@@ -134,11 +134,18 @@ async fn run_stages(
     kv: &Arc<UnitKv>,
     policy: &StagePolicy,
 ) -> Result<Vec<(String, Event)>, StageFailure> {
-    let mut current: Vec<(String, Event)> = vec![(String::new(), input.clone())];
+    let mut current: Vec<(String, Event)> = Vec::new();
     for (si, stage) in route.stages.iter().enumerate() {
         let plugin = &stage.plugin;
         let mut next = Vec::new();
-        for (_, ev) in &current {
+        // The first stage reads the input where it is; later ones the
+        // outputs of the stage before.
+        let inputs: Vec<&Event> = if si == 0 {
+            vec![input]
+        } else {
+            current.iter().map(|(_, e)| e).collect()
+        };
+        for ev in inputs {
             let breaker = plugin.breaker();
             let probe = match breaker.admit() {
                 Admit::Call => false,

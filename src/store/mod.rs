@@ -19,7 +19,9 @@ use tokio::sync::{oneshot, watch};
 
 use crate::event::Event;
 
-/// `(topic, offset)` → the event as JSON.
+mod codec;
+
+/// `(topic, offset)` → the event (layout in [`codec`]).
 const LOG: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("log");
 /// topic → next offset (the topic's length).
 const TOPICS: TableDefinition<&str, u64> = TableDefinition::new("topics");
@@ -121,6 +123,8 @@ impl WriteBatch {
 
 struct Job {
     batch: WriteBatch,
+    /// `batch.appends` encoded by the caller, off the writer thread.
+    encoded: Vec<Vec<u8>>,
     reply: oneshot::Sender<Result<Vec<u64>, StoreError>>,
 }
 
@@ -191,11 +195,20 @@ impl Store {
     /// its appends, in order.
     pub async fn write(&self, batch: WriteBatch) -> Result<Vec<u64>, StoreError> {
         let (reply, rx) = oneshot::channel();
+        let encoded = batch
+            .appends
+            .iter()
+            .map(|(_, e)| codec::encode(e))
+            .collect();
         {
             let jobs = lock(&self.inner.jobs);
             let tx = jobs.as_ref().ok_or(StoreError::Closed)?;
-            tx.send(Job { batch, reply })
-                .map_err(|_| StoreError::Closed)?;
+            tx.send(Job {
+                batch,
+                encoded,
+                reply,
+            })
+            .map_err(|_| StoreError::Closed)?;
         }
         rx.await.map_err(|_| StoreError::Closed)?
     }
@@ -214,10 +227,10 @@ impl Store {
             }
             let (k, v) = item.map_err(read_err)?;
             let offset = k.value().1;
-            let event = serde_json::from_slice(v.value()).map_err(|e| StoreError::Corrupt {
+            let event = codec::decode(v.value()).map_err(|reason| StoreError::Corrupt {
                 topic: topic.to_string(),
                 offset,
-                reason: e.to_string(),
+                reason,
             })?;
             out.push(Record { offset, event });
         }
@@ -473,7 +486,7 @@ fn commit(db: &Database, jobs: &[Job]) -> Result<Committed, String> {
         let mut trace = txn.open_table(TRACE).map_err(|e| s(&e))?;
         for job in jobs {
             let mut offs = Vec::with_capacity(job.batch.appends.len());
-            for (topic, event) in &job.batch.appends {
+            for ((topic, _), bytes) in job.batch.appends.iter().zip(&job.encoded) {
                 let next = match lengths.get(topic) {
                     Some(n) => *n,
                     None => topics
@@ -482,7 +495,6 @@ fn commit(db: &Database, jobs: &[Job]) -> Result<Committed, String> {
                         .map(|v| v.value())
                         .unwrap_or(0),
                 };
-                let bytes = serde_json::to_vec(event).map_err(|e| s(&e))?;
                 log.insert((topic.as_str(), next), bytes.as_slice())
                     .map_err(|e| s(&e))?;
                 lengths.insert(topic.clone(), next + 1);

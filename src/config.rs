@@ -96,6 +96,8 @@ pub struct Config {
     pub router: RouterConfig,
     #[serde(default)]
     pub reload: ReloadConfig,
+    #[serde(default)]
+    pub store: StoreConfig,
     /// Plugins by name.
     #[serde(default)]
     pub plugins: BTreeMap<String, PluginConfig>,
@@ -188,6 +190,24 @@ impl Default for RouterConfig {
             hold_retries: DEFAULT_HOLD_RETRIES,
             hold_backoff_ms: DEFAULT_HOLD_BACKOFF_MS,
             hold_max_backoff_ms: DEFAULT_HOLD_MAX_BACKOFF_MS,
+        }
+    }
+}
+
+/// The embedded log's settings.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    /// Memory for the store's page cache, in MiB: what bounds the router's
+    /// resident set as the log grows (the pipeline reads what was just
+    /// written, which is still cached).
+    pub cache_mb: usize,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self {
+            cache_mb: crate::store::DEFAULT_CACHE_MB,
         }
     }
 }
@@ -392,6 +412,9 @@ impl Config {
         }
         if self.router.workers == 0 {
             return Err(whole("router.workers", "must be at least 1".into()));
+        }
+        if self.store.cache_mb == 0 {
+            return Err(whole("store.cache_mb", "must be at least 1".into()));
         }
         if self.router.max_attempts == 0 {
             return Err(whole("router.max_attempts", "must be at least 1".into()));
@@ -750,6 +773,8 @@ pipeline = ["proj"]
         let parse = |text: &str| Config::parse(&dir.path().join("c.toml"), text).unwrap_err();
         let err = parse(&format!("{GOOD}\n[router]\nworkers = 0\n"));
         assert_eq!((err.key.as_str(), err.line), ("router.workers", Some(15)));
+        let err = parse(&format!("{GOOD}\n[store]\ncache_mb = 0\n"));
+        assert_eq!((err.key.as_str(), err.line), ("store.cache_mb", Some(15)));
         let err = parse(&GOOD.replace("path = \"p.wasm\"", "path = \"p.wasm\"\ninstances = 0"));
         assert_eq!(
             (err.key.as_str(), err.line),

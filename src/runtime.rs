@@ -75,7 +75,7 @@ impl Runtime {
     /// plugin (each instantiated and `init`ed once). Fails on the first error.
     pub async fn start(config: Config, data_dir: &Path) -> Result<Arc<Self>, StartError> {
         let schemas = load_schemas(&config)?;
-        let store = Store::open(data_dir)?;
+        let store = Store::open_with_cache(data_dir, config.store.cache_mb)?;
         let host = PluginHost::with_cache(data_dir.join("cache"))?;
         let mut plugins = BTreeMap::new();
         let mut pending = Vec::new();

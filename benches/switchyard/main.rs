@@ -50,6 +50,9 @@ struct Args {
     quick: bool,
     /// `--profile N`: only the real pipeline over N events, for callgrind.
     profile: Option<usize>,
+    /// `--profile-setup`: with `--profile`, stop before the pipeline runs
+    /// (what generating and seeding the events cost, to subtract).
+    profile_setup: bool,
     /// `--profile-calls N`: only N plugin-stage calls (`run_route`);
     /// `--profile-native-calls N`: the same with the native transform.
     profile_calls: Option<(usize, bool)>,
@@ -62,6 +65,7 @@ fn args() -> Result<Args> {
         bench: false,
         quick: false,
         profile: None,
+        profile_setup: false,
         profile_calls: None,
         only: Vec::new(),
         write: true,
@@ -72,6 +76,7 @@ fn args() -> Result<Args> {
             "--quick" => a.quick = true,
             "--no-write" => a.write = false,
             "--profile" => a.profile = Some(it.next().unwrap_or_default().parse()?),
+            "--profile-setup" => a.profile_setup = true,
             "--profile-calls" => {
                 a.profile_calls = Some((it.next().unwrap_or_default().parse()?, false))
             }
@@ -108,8 +113,9 @@ fn main() -> Result<()> {
     }
     let wanted = |s: &str| args.only.is_empty() || args.only.iter().any(|o| o == s);
     if let Some(n) = args.profile {
-        // Instructions per event = (run with N - run with 0) / N under
-        // `valgrind --tool=callgrind`; see BENCHMARKS.md.
+        // Instructions per event = (run with N - the same with
+        // --profile-setup) / N under `valgrind --tool=callgrind`; see
+        // BENCHMARKS.md.
         let evs: Vec<switchyard::Event> = events::generate(events::SEED, n)
             .into_iter()
             .map(|g| g.event)
@@ -117,7 +123,7 @@ fn main() -> Result<()> {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
-        let eps = rt.block_on(stage::pipeline_rate(&evs, 1))?;
+        let eps = rt.block_on(stage::pipeline_rate(&evs, 1, args.profile_setup))?;
         println!("{n} events through the pipeline: {eps:.0} events/s");
         return Ok(());
     }

@@ -433,7 +433,7 @@ pub fn scaling(report: &mut Report, events: &[Event], quick: bool) -> Result<()>
             .worker_threads(threads)
             .enable_all()
             .build()?;
-        let eps = rt.block_on(pipeline_rate(&events[..n], threads))?;
+        let eps = rt.block_on(pipeline_rate(&events[..n], threads, false))?;
         if threads == 1 {
             base = eps;
         }
@@ -452,7 +452,7 @@ pub fn scaling(report: &mut Report, events: &[Event], quick: bool) -> Result<()>
 }
 
 /// Events/s of the real pipeline over `events`, with `workers` keys at once.
-pub async fn pipeline_rate(events: &[Event], workers: usize) -> Result<f64> {
+pub async fn pipeline_rate(events: &[Event], workers: usize, setup_only: bool) -> Result<f64> {
     let tmp = tempfile::tempdir()?;
     let (_, cfg) = util::write_config(
         tmp.path(),
@@ -471,6 +471,10 @@ pub async fn pipeline_rate(events: &[Event], workers: usize) -> Result<f64> {
                 ..Default::default()
             })
             .await?;
+    }
+    if setup_only {
+        rt.store.close();
+        return Ok(0.0);
     }
     let pipeline = Pipeline::new(
         rt.store.clone(),

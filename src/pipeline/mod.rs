@@ -8,6 +8,11 @@
 //!
 //! **Invariant:** events with the same key are handled in offset order; events
 //! with different keys in the same batch run in parallel.
+//!
+//! While one batch's write is in the store's writer thread, the next batch is
+//! processed if the first changes no plugin state and no held key (so the
+//! next reads the same state either way); its write is queued only once the
+//! first has committed, and it is dropped if the first fails.
 
 mod hold;
 mod kv;
@@ -36,6 +41,10 @@ use crate::store::{Record, Store, Trace, WriteBatch};
 
 /// Back-off after a failed commit before the batch is tried again.
 const COMMIT_RETRY: Duration = Duration::from_millis(500);
+
+/// Longest run of batches committed back to back under the gate before it
+/// is let go: bounds how long a reload or a replay waits for it.
+const CHAIN_FOR: Duration = Duration::from_millis(50);
 
 /// Shared, swappable route table (reload replaces the `Arc`).
 pub type Routes = Arc<RwLock<Arc<RouteTable>>>;
@@ -163,7 +172,7 @@ impl Pipeline {
                     continue;
                 }
             };
-            let Some(last) = records.last().map(|r| r.offset) else {
+            if records.is_empty() {
                 // Caught up: sleep until the topic grows or we are told to stop.
                 let idle = match due {
                     // Retried just now: the next one is at least a tick away.
@@ -176,37 +185,97 @@ impl Pipeline {
                     _ = tokio::time::sleep(idle) => {}
                 }
                 continue;
-            };
-            let gate = self.gate.lock().await;
-            loop {
-                let written = match self.process(&records).await {
-                    Ok((mut batch, tally)) => {
-                        batch.cursors.push((self.consumer.clone(), last + 1));
-                        let written = self.store.write(batch).await.map_err(|e| e.to_string());
-                        if written.is_ok() {
-                            tally.record();
-                        }
-                        written
-                    }
-                    Err(e) => Err(e),
-                };
-                match written {
-                    Ok(_) => break,
-                    Err(e) => {
-                        // Nothing of the batch was written; its state view is
-                        // gone with it. Run it again from the same state.
-                        tracing::error!(error = %e, from = cursor, to = last, "batch commit failed, will retry");
-                        if wait_or_stop(&mut shutdown, COMMIT_RETRY).await {
-                            return;
-                        }
-                    }
-                }
             }
+            let gate = self.gate.lock().await;
+            let stopped = self.commit_chain(records, &mut cursor, &mut shutdown).await;
             drop(gate);
-            tracing::debug!(from = cursor, to = last, "batch committed");
-            cursor = last + 1;
+            if stopped {
+                return;
+            }
         }
         tracing::info!(cursor, "router stopped");
+    }
+
+    /// Processes and commits `first`, then the batches after it for up to
+    /// [`CHAIN_FOR`]: while a batch's write is in the writer thread, the
+    /// next batch is processed, when it cannot depend on that write (the
+    /// batch changes no plugin state and no held key, so the next one reads
+    /// the same state from the store either way). Its write is queued only
+    /// after the one before it committed. Returns true when told to stop.
+    async fn commit_chain(
+        &self,
+        first: Arc<Vec<Record>>,
+        cursor: &mut u64,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> bool {
+        let started = std::time::Instant::now();
+        let mut current = first;
+        let mut processed = None;
+        loop {
+            let Some(last) = current.last().map(|r| r.offset) else {
+                return false;
+            };
+            let done = match processed.take() {
+                Some(done) => Ok(done),
+                None => self.process(&current).await,
+            };
+            let (mut batch, tally) = match done {
+                Ok(done) => done,
+                Err(e) => {
+                    tracing::error!(error = %e, from = *cursor, to = last, "batch failed, will retry");
+                    if wait_or_stop(shutdown, COMMIT_RETRY).await {
+                        return true;
+                    }
+                    continue;
+                }
+            };
+            let independent =
+                batch.kv.is_empty() && batch.meta.is_empty() && batch.drop_namespaces.is_empty();
+            batch.cursors.push((self.consumer.clone(), last + 1));
+            let store = self.store.clone();
+            let write = tokio::spawn(async move { store.write(batch).await });
+            let next = if independent && started.elapsed() < CHAIN_FOR && !*shutdown.borrow() {
+                self.store
+                    .read(&self.input, last + 1, self.batch_size)
+                    .ok()
+                    .filter(|r| !r.is_empty())
+                    .map(Arc::new)
+            } else {
+                None
+            };
+            let (written, next_done) = match &next {
+                Some(n) => {
+                    let (w, d) = tokio::join!(write, self.process(n));
+                    (w, d.ok())
+                }
+                None => (write.await, None),
+            };
+            let failure = match written {
+                Ok(Ok(_)) => None,
+                Ok(Err(e)) => Some(e.to_string()),
+                Err(e) => Some(format!("store write task failed: {e}")),
+            };
+            if let Some(e) = failure {
+                // Nothing of the batch was written; its state view is gone
+                // with it, and the next batch (processed over it) is dropped.
+                // Run it again from the same state.
+                tracing::error!(error = %e, from = *cursor, to = last, "batch commit failed, will retry");
+                if wait_or_stop(shutdown, COMMIT_RETRY).await {
+                    return true;
+                }
+                continue;
+            }
+            tally.record();
+            tracing::debug!(from = *cursor, to = last, "batch committed");
+            *cursor = last + 1;
+            match next {
+                Some(n) => {
+                    current = n;
+                    processed = next_done;
+                }
+                None => return false,
+            }
+        }
     }
 
     fn ctx(&self) -> Ctx {

@@ -56,6 +56,9 @@ struct Args {
     /// `--profile-calls N`: only N plugin-stage calls (`run_route`);
     /// `--profile-native-calls N`: the same with the native transform.
     profile_calls: Option<(usize, bool)>,
+    /// `--plugin FILE`: the component `--profile-calls` runs (a name in
+    /// plugins/dist, default `domain-fanout`).
+    plugin: String,
     only: Vec<String>,
     write: bool,
 }
@@ -67,6 +70,7 @@ fn args() -> Result<Args> {
         profile: None,
         profile_setup: false,
         profile_calls: None,
+        plugin: "domain-fanout".into(),
         only: Vec::new(),
         write: true,
     };
@@ -77,6 +81,7 @@ fn args() -> Result<Args> {
             "--no-write" => a.write = false,
             "--profile" => a.profile = Some(it.next().unwrap_or_default().parse()?),
             "--profile-setup" => a.profile_setup = true,
+            "--plugin" => a.plugin = it.next().unwrap_or_default(),
             "--profile-calls" => {
                 a.profile_calls = Some((it.next().unwrap_or_default().parse()?, false))
             }
@@ -136,7 +141,7 @@ fn main() -> Result<()> {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
-        let per_call = rt.block_on(stage::stage_calls(&evs, n, native))?;
+        let per_call = rt.block_on(stage::stage_calls(&evs, n, native, &args.plugin))?;
         println!(
             "{n} plugin-stage calls: {:.2} µs per call",
             per_call.as_secs_f64() * 1e6

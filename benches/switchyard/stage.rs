@@ -172,9 +172,9 @@ pub async fn drain(store: &Store, n: u64, t: &Transform<'_>, consumer: &str) -> 
 /// `n` calls of the Wasm plugin stage (or the native transform) over
 /// `events` (cycled), for a profiler: the time per call (the plugin is
 /// loaded first, outside it).
-pub async fn stage_calls(events: &[Event], n: usize, native: bool) -> Result<Duration> {
+pub async fn stage_calls(events: &[Event], n: usize, native: bool, file: &str) -> Result<Duration> {
     let host = PluginHost::new()?;
-    let plugin = host.load(spec("domain-fanout", "domain-fanout")).await?;
+    let plugin = host.load(spec("domain-fanout", file)).await?;
     let wasm = route(plugin);
     let tmp = tempfile::tempdir()?;
     let scratch = Store::open(&tmp.path().join("scratch"))?;

@@ -19,6 +19,9 @@ pub struct Conn {
     w: OwnedWriteHalf,
     line: String,
     body: Vec<u8>,
+    /// The request being sent: head and body go out in one write (one
+    /// segment, one wake-up of the server), as real clients send them.
+    out: Vec<u8>,
 }
 
 impl Conn {
@@ -31,17 +34,21 @@ impl Conn {
             w,
             line: String::new(),
             body: Vec::new(),
+            out: Vec::new(),
         })
     }
 
     /// Sends `method path` with `body`; the status and the response body.
     pub async fn request(&mut self, method: &str, path: &str, body: &[u8]) -> Result<(u16, &[u8])> {
-        let head = format!(
+        use std::io::Write as _;
+        self.out.clear();
+        write!(
+            self.out,
             "{method} {path} HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
             body.len()
-        );
-        self.w.write_all(head.as_bytes()).await?;
-        self.w.write_all(body).await?;
+        )?;
+        self.out.extend_from_slice(body);
+        self.w.write_all(&self.out).await?;
         self.line.clear();
         self.r.read_line(&mut self.line).await?;
         let status: u16 = self
@@ -148,18 +155,32 @@ pub async fn open_loop(
             Ok::<_, anyhow::Error>(out)
         });
     }
+    // The schedule runs on its own thread: tokio's timer fires on whole
+    // milliseconds, which at 10k requests/s would release them in bursts of
+    // ten and count up to 1 ms of the generator's own lateness as latency.
     let start = Instant::now() + Duration::from_millis(5);
     let period = Duration::from_secs_f64(1.0 / per_second);
-    for i in 0..total {
-        let due = start + period * i as u32;
-        tokio::time::sleep_until(due.into()).await;
-        tx.send((i, due)).await.context("connections ended early")?;
-    }
-    drop(tx);
+    let schedule = std::thread::spawn(move || {
+        for i in 0..total {
+            let due = start + period * i as u32;
+            let now = Instant::now();
+            if due > now {
+                std::thread::sleep(due - now);
+            }
+            if tx.blocking_send((i, due)).is_err() {
+                return false;
+            }
+        }
+        true
+    });
     let mut all = Vec::with_capacity(total);
     while let Some(done) = tasks.join_next().await {
         all.extend(done??);
     }
+    let sent_all = schedule
+        .join()
+        .map_err(|_| anyhow::anyhow!("schedule thread panicked"))?;
+    anyhow::ensure!(sent_all, "connections ended early");
     Ok(all)
 }
 

@@ -76,7 +76,9 @@ impl IngestLimits {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok());
         let mut over = declared.is_some_and(|n| n > self.max_body_bytes as u64);
-        let mut kept = BytesMut::new();
+        // A body that arrives in one frame (the usual case) is kept as it
+        // came; only a body in several frames is copied together.
+        let mut kept = Kept::Empty;
         let deadline = tokio::time::Instant::now() + self.body_timeout;
         loop {
             match tokio::time::timeout_at(deadline, body.frame()).await {
@@ -90,9 +92,9 @@ impl IngestLimits {
                     }
                     if kept.len() + data.len() > self.max_body_bytes {
                         over = true;
-                        kept = BytesMut::new();
+                        kept = Kept::Empty;
                     } else {
-                        kept.extend_from_slice(&data);
+                        kept.push(data);
                     }
                 }
                 Ok(Some(Err(e))) => {
@@ -119,7 +121,7 @@ impl IngestLimits {
         if over {
             return Err(self.too_large());
         }
-        Ok(kept.freeze())
+        Ok(kept.into_bytes())
     }
 
     /// Refuses a JSON body nested deeper than the limit, before any parser
@@ -144,6 +146,47 @@ impl IngestLimits {
             "request body too large",
             json!([{ "field": "body", "reason": format!("the limit is {limit} bytes") }]),
         ))
+    }
+}
+
+/// The body read so far.
+enum Kept {
+    Empty,
+    One(Bytes),
+    Many(BytesMut),
+}
+
+impl Kept {
+    fn len(&self) -> usize {
+        match self {
+            Kept::Empty => 0,
+            Kept::One(b) => b.len(),
+            Kept::Many(b) => b.len(),
+        }
+    }
+
+    fn push(&mut self, data: Bytes) {
+        *self = match std::mem::replace(self, Kept::Empty) {
+            Kept::Empty => Kept::One(data),
+            Kept::One(first) => {
+                let mut all = BytesMut::with_capacity(first.len() + data.len());
+                all.extend_from_slice(&first);
+                all.extend_from_slice(&data);
+                Kept::Many(all)
+            }
+            Kept::Many(mut all) => {
+                all.extend_from_slice(&data);
+                Kept::Many(all)
+            }
+        };
+    }
+
+    fn into_bytes(self) -> Bytes {
+        match self {
+            Kept::Empty => Bytes::new(),
+            Kept::One(b) => b,
+            Kept::Many(b) => b.freeze(),
+        }
     }
 }
 

@@ -241,26 +241,31 @@ pub async fn commit(
 ) -> Result<Vec<Vec<Accepted>>, StoreError> {
     let topic = &rt.config.ingest.topic;
     let dlq = &rt.config.router.dead_letter_topic;
+    // The events move into the write (no copy of their data); what the
+    // answer needs of them is kept aside.
     let mut appends = Vec::new();
-    let mut summaries = Vec::with_capacity(staged.len());
-    for s in &staged {
-        let summary: Vec<(String, String)> = s
-            .events
-            .iter()
-            .map(|e| (e.id.clone(), e.event_type.clone()))
-            .collect();
-        summaries.push(summary);
-        appends.extend(s.events.iter().map(|e| (topic.clone(), e.clone())));
+    let mut summaries: Vec<Vec<(String, String)>> = Vec::with_capacity(staged.len());
+    let mut rest = Vec::with_capacity(staged.len());
+    for s in staged {
+        summaries.push(
+            s.events
+                .iter()
+                .map(|e| (e.id.clone(), e.event_type.clone()))
+                .collect(),
+        );
+        appends.extend(s.events.into_iter().map(|e| (topic.clone(), e)));
+        rest.push((s.outputs, s.causes, s.published));
     }
     // Inputs with direct outputs start their trace entry here.
     let mut traces: Vec<crate::store::Trace> = Vec::new();
     let mut input_at = 0;
-    for s in &staged {
+    let mut published = Vec::with_capacity(rest.len());
+    for ((outputs, causes, pubs), summary) in rest.into_iter().zip(&summaries) {
         let first = input_at;
-        input_at += s.events.len();
-        for (out, cause) in s.outputs.iter().zip(&s.causes) {
-            let i = s.events.iter().position(|e| &e.id == cause).unwrap_or(0);
-            if !traces.iter().any(|t| &t.id == cause) {
+        input_at += summary.len();
+        for (out, cause) in outputs.into_iter().zip(causes) {
+            let i = summary.iter().position(|(id, _)| id == &cause).unwrap_or(0);
+            if !traces.iter().any(|t| t.id == cause) {
                 traces.push(crate::store::Trace {
                     id: cause.clone(),
                     writer: 0,
@@ -268,12 +273,13 @@ pub async fn commit(
                     ..Default::default()
                 });
             }
-            if let Some(t) = traces.iter_mut().find(|t| &t.id == cause) {
+            if let Some(t) = traces.iter_mut().find(|t| t.id == cause) {
                 t.outputs
                     .push((appends.len(), crate::obs::direct_link(&out.1)));
             }
-            appends.push(out.clone());
+            appends.push(out);
         }
+        published.push(pubs);
     }
     appends.extend(dead_letters.into_iter().map(|d| (dlq.clone(), d)));
     let tally = crate::obs::Tally::of(&appends, topic, dlq);
@@ -287,11 +293,11 @@ pub async fn commit(
         .await?;
     tally.record();
     let mut offsets = offsets.into_iter();
-    let mut out = Vec::with_capacity(staged.len());
-    for (s, summary) in staged.into_iter().zip(summaries) {
+    let mut out = Vec::with_capacity(summaries.len());
+    for (summary, published) in summaries.into_iter().zip(published) {
         let accepted = summary
             .into_iter()
-            .zip(s.published)
+            .zip(published)
             .map(|((id, event_type), published)| Accepted {
                 id,
                 event_type,

@@ -108,6 +108,20 @@ fn args() -> Result<Args> {
     Ok(a)
 }
 
+/// `n` events from the fixed seed, for the profile modes.
+fn profile_events(n: usize) -> Vec<switchyard::Event> {
+    events::generate(events::SEED, n)
+        .into_iter()
+        .map(|g| g.event)
+        .collect()
+}
+
+fn current_thread() -> Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?)
+}
+
 fn main() -> Result<()> {
     let args = args()?;
     if !args.bench {
@@ -121,26 +135,14 @@ fn main() -> Result<()> {
         // Instructions per event = (run with N - the same with
         // --profile-setup) / N under `valgrind --tool=callgrind`; see
         // BENCHMARKS.md.
-        let evs: Vec<switchyard::Event> = events::generate(events::SEED, n)
-            .into_iter()
-            .map(|g| g.event)
-            .collect();
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?;
+        let (evs, rt) = (profile_events(n), current_thread()?);
         let eps = rt.block_on(stage::pipeline_rate(&evs, 1, args.profile_setup))?;
         println!("{n} events through the pipeline: {eps:.0} events/s");
         return Ok(());
     }
     if let Some((n, native)) = args.profile_calls {
         // Instructions per call, as above, for the plugin stage alone.
-        let evs: Vec<switchyard::Event> = events::generate(events::SEED, 10_000)
-            .into_iter()
-            .map(|g| g.event)
-            .collect();
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?;
+        let (evs, rt) = (profile_events(10_000), current_thread()?);
         let per_call = rt.block_on(stage::stage_calls(&evs, n, native, &args.plugin))?;
         println!(
             "{n} plugin-stage calls: {:.2} µs per call",

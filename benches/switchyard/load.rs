@@ -81,6 +81,22 @@ impl Conn {
     pub async fn post(&mut self, body: &[u8]) -> Result<(u16, &[u8])> {
         self.request("POST", "/v1/events", body).await
     }
+
+    /// Posts `body`, which must be accepted, as a request due at `due`.
+    async fn post_sample(&mut self, body: &[u8], due: Instant) -> Result<Sample> {
+        let (status, answer) = self.post(body).await?;
+        anyhow::ensure!(
+            status == 202,
+            "status {status}: {}",
+            String::from_utf8_lossy(answer)
+        );
+        let max_offset = max_offset(answer).context("answer without offset")?;
+        Ok(Sample {
+            due,
+            acked: Instant::now(),
+            max_offset,
+        })
+    }
 }
 
 /// The largest `"offset":N` in an ingest answer.
@@ -139,18 +155,7 @@ pub async fn open_loop(
             loop {
                 let next = rx.lock().await.recv().await;
                 let Some((i, due)) = next else { break };
-                let (status, answer) = conn.post(&bodies[i % bodies.len()]).await?;
-                anyhow::ensure!(
-                    status == 202,
-                    "status {status}: {}",
-                    String::from_utf8_lossy(answer)
-                );
-                let max_offset = max_offset(answer).context("answer without offset")?;
-                out.push(Sample {
-                    due,
-                    acked: Instant::now(),
-                    max_offset,
-                });
+                out.push(conn.post_sample(&bodies[i % bodies.len()], due).await?);
             }
             Ok::<_, anyhow::Error>(out)
         });
@@ -201,18 +206,7 @@ pub async fn closed_loop(
             let mut i = c;
             while Instant::now() < end {
                 let due = Instant::now();
-                let (status, answer) = conn.post(&bodies[i % bodies.len()]).await?;
-                anyhow::ensure!(
-                    status == 202,
-                    "status {status}: {}",
-                    String::from_utf8_lossy(answer)
-                );
-                let max_offset = max_offset(answer).context("answer without offset")?;
-                out.push(Sample {
-                    due,
-                    acked: Instant::now(),
-                    max_offset,
-                });
+                out.push(conn.post_sample(&bodies[i % bodies.len()], due).await?);
                 i += conns;
             }
             Ok::<_, anyhow::Error>(out)

@@ -213,14 +213,7 @@ pub fn rebuild(report: &mut Report, events: &[switchyard::Event]) -> Result<()> 
         {
             let store = switchyard::Store::open(&data)?;
             let start = Instant::now();
-            for chunk in events.chunks(2000) {
-                store
-                    .write(WriteBatch {
-                        appends: chunk.iter().map(|e| ("events".to_string(), e.clone())).collect(),
-                        ..Default::default()
-                    })
-                    .await?;
-            }
+            crate::stage::seed(&store, events).await?;
             // Already handled live: only the rebuild reads them.
             store.write(WriteBatch { cursors: vec![("router".into(), n)], ..Default::default() }).await?;
             tracing::debug!(secs = start.elapsed().as_secs_f64(), "log written");

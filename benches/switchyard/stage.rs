@@ -129,6 +129,12 @@ async fn per_call(
 /// A fresh store holding `events` in the input topic.
 pub async fn seeded_store(dir: &std::path::Path, events: &[Event]) -> Result<Store> {
     let store = Store::open(dir)?;
+    seed(&store, events).await?;
+    Ok(store)
+}
+
+/// Appends `events` to the input topic, a thousand to a write.
+pub async fn seed(store: &Store, events: &[Event]) -> Result<()> {
     for chunk in events.chunks(1000) {
         store
             .write(WriteBatch {
@@ -140,7 +146,7 @@ pub async fn seeded_store(dir: &std::path::Path, events: &[Event]) -> Result<Sto
             })
             .await?;
     }
-    Ok(store)
+    Ok(())
 }
 
 /// Drains the input topic as the pipeline does (batches of 256, outputs and
@@ -461,17 +467,7 @@ pub async fn pipeline_rate(events: &[Event], workers: usize, setup_only: bool) -
     let rt = switchyard::Runtime::start(cfg, &tmp.path().join("data"))
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))?;
-    for chunk in events.chunks(1000) {
-        rt.store
-            .write(WriteBatch {
-                appends: chunk
-                    .iter()
-                    .map(|e| (INPUT.to_string(), e.clone()))
-                    .collect(),
-                ..Default::default()
-            })
-            .await?;
-    }
+    seed(&rt.store, events).await?;
     if setup_only {
         rt.store.close();
         return Ok(0.0);

@@ -243,10 +243,7 @@ async fn bare_loop(c: &Clients, r: &Resources, left: &std::sync::atomic::AtomicI
 }
 
 pub fn aws(report: &mut Report, events: &[Event], quick: bool) -> Result<()> {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
+    let rt = util::threads(2)?;
     rt.block_on(async {
         let n = if quick { 500 } else { 3_000 }.min(events.len());
         let events = &events[..n];

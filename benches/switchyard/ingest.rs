@@ -91,10 +91,7 @@ fn pcts(v: &[Duration]) -> [String; 3] {
 
 /// Runs the scenario; returns the saturation rate of single events.
 pub fn ingest(report: &mut Report, bodies: &[String], quick: bool) -> Result<f64> {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
+    let rt = util::threads(2)?;
     rt.block_on(async {
         let tmp = tempfile::tempdir()?;
         let (_, cfg) = util::write_config(tmp.path(), &util::fanout_config(&util::dist("domain-fanout"), 4, false))?;

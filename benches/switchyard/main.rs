@@ -116,12 +116,6 @@ fn profile_events(n: usize) -> Vec<switchyard::Event> {
         .collect()
 }
 
-fn current_thread() -> Result<tokio::runtime::Runtime> {
-    Ok(tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?)
-}
-
 fn main() -> Result<()> {
     let args = args()?;
     if !args.bench {
@@ -135,14 +129,14 @@ fn main() -> Result<()> {
         // Instructions per event = (run with N - the same with
         // --profile-setup) / N under `valgrind --tool=callgrind`; see
         // BENCHMARKS.md.
-        let (evs, rt) = (profile_events(n), current_thread()?);
+        let (evs, rt) = (profile_events(n), util::current_thread()?);
         let eps = rt.block_on(stage::pipeline_rate(&evs, 1, args.profile_setup))?;
         println!("{n} events through the pipeline: {eps:.0} events/s");
         return Ok(());
     }
     if let Some((n, native)) = args.profile_calls {
         // Instructions per call, as above, for the plugin stage alone.
-        let (evs, rt) = (profile_events(10_000), current_thread()?);
+        let (evs, rt) = (profile_events(10_000), util::current_thread()?);
         let per_call = rt.block_on(stage::stage_calls(&evs, n, native, &args.plugin))?;
         println!(
             "{n} plugin-stage calls: {:.2} µs per call",

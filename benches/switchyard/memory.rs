@@ -118,10 +118,7 @@ fn ten_plugins() -> String {
 }
 
 pub fn memory(report: &mut Report, bodies: &[String], quick: bool) -> Result<()> {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()?;
+    let rt = util::threads(1)?;
     let tmp = tempfile::tempdir()?;
     let mut s = Section::new(
         "7. Memory (resident set of `switchyard run`)",

@@ -62,10 +62,7 @@ fn longest_gap(log: &CursorLog, from: Instant, to: Instant) -> Duration {
 }
 
 pub fn reload(report: &mut Report, bodies: &[String], saturation: f64, quick: bool) -> Result<()> {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
+    let rt = util::threads(2)?;
     rt.block_on(async {
         let tmp = tempfile::tempdir()?;
         let file = tmp.path().join("domain-fanout.wasm");
@@ -202,10 +199,7 @@ async fn lost_events(store: &switchyard::Store) -> Result<usize> {
 
 /// Scenario 5: the default config's projection rebuilt over `events`.
 pub fn rebuild(report: &mut Report, events: &[switchyard::Event]) -> Result<()> {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
+    let rt = util::threads(2)?;
     rt.block_on(async {
         let tmp = tempfile::tempdir()?;
         let data = tmp.path().join("data");

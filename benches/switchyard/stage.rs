@@ -198,9 +198,7 @@ pub async fn stage_calls(events: &[Event], n: usize, native: bool, file: &str) -
 
 /// Scenario 1: per-call and end-to-end, Wasm against native.
 pub fn wasm_vs_native(report: &mut Report, events: &[Event], quick: bool) -> Result<()> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
+    let rt = util::current_thread()?;
     rt.block_on(async {
         let host = PluginHost::new()?;
         let plugin = host.load(spec("domain-fanout", "domain-fanout")).await?;
@@ -308,9 +306,7 @@ pub fn wasm_vs_native(report: &mut Report, events: &[Event], quick: bool) -> Res
 
 /// Scenario 2: the same transform in each guest language.
 pub fn languages(report: &mut Report, events: &[Event], quick: bool) -> Result<()> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
+    let rt = util::current_thread()?;
     rt.block_on(async {
         let tmp = tempfile::tempdir()?;
         let scratch = Store::open(&tmp.path().join("scratch"))?;
@@ -435,10 +431,7 @@ pub fn scaling(report: &mut Report, events: &[Event], quick: bool) -> Result<()>
     );
     let mut base = 0.0;
     for threads in [1usize, 2] {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(threads)
-            .enable_all()
-            .build()?;
+        let rt = util::threads(threads)?;
         let eps = rt.block_on(pipeline_rate(&events[..n], threads, false))?;
         if threads == 1 {
             base = eps;

@@ -85,6 +85,11 @@ impl SharedEngine {
         config.epoch_interruption(true);
         // Plugins are compiled once; spend the time to make calls fast.
         config.cranelift_opt_level(wasmtime::OptLevel::Speed);
+        // `SWITCHYARD_WASM_PERFMAP=1` writes /tmp/perf-<pid>.map, so that
+        // `perf report` names plugin functions instead of bare addresses.
+        if std::env::var_os("SWITCHYARD_WASM_PERFMAP").is_some_and(|v| v == "1") {
+            config.profiler(wasmtime::ProfilingStrategy::PerfMap);
+        }
         let engine = Engine::new(&config)?;
         let stop = Arc::new(AtomicBool::new(false));
         let (e, s) = (engine.weak(), stop.clone());

@@ -76,6 +76,8 @@ pub fn fan_out(event_type: &str, data: &str, prefix: &str) -> Result<FannedOut, 
         topic: format!("{prefix}{domain}"),
         event_type,
         domain,
-        data: Value::Object(data).to_string(),
+        // `to_string(&value)`, not `value.to_string()`: see `json_text` in
+        // the plugin SDK.
+        data: serde_json::to_string(&Value::Object(data)).map_err(BadEvent::NotJson)?,
     })
 }

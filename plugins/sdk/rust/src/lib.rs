@@ -26,6 +26,14 @@
 //! are wrapped in [`kv`], [`log`], [`clock`] and [`http`].
 
 pub mod clock;
+
+/// The plugin's heap: talc is faster than Rust's default wasm allocator
+/// (dlmalloc), and every event allocates its parsed payload. Off with
+/// `default-features = false` for a plugin with its own allocator.
+#[cfg(all(feature = "talc", target_family = "wasm", not(target_feature = "atomics")))]
+#[global_allocator]
+static ALLOCATOR: talc::wasm::WasmDynamicTalc = talc::wasm::new_wasm_dynamic_allocator();
+
 pub mod http;
 pub mod kv;
 pub mod log;
@@ -160,6 +168,17 @@ impl Event {
     }
 }
 
+/// `value` as compact JSON text.
+///
+/// Prefer this (or `serde_json::to_string`) to `value.to_string()`: the
+/// `Display` route writes through `core::fmt` one token at a time, which in
+/// a wasm32 plugin cost about a fifth of a small transform's time.
+pub fn json_text(value: &Value) -> String {
+    // Serialising a `Value` cannot fail (its map keys are strings); the
+    // fallback only keeps this total.
+    serde_json::to_string(value).unwrap_or_else(|_| value.to_string())
+}
+
 impl Output {
     /// An output event for `topic` carrying `data` as JSON.
     ///
@@ -182,7 +201,7 @@ impl Output {
                 key: None,
                 time: String::new(),
                 content_type: JSON.to_owned(),
-                data: data.to_string(),
+                data: json_text(data),
                 attributes: Vec::new(),
                 traceparent: None,
             },

@@ -140,7 +140,7 @@ impl Plugin for Hostile {
                 let n = recurse(0);
                 Err(Failure::bad_event(format!("recursion returned {n}")))
             }
-            "every-10th" if seen % 10 == 0 => {
+            "every-10th" if seen.is_multiple_of(10) => {
                 panic!("hostile panics on every 10th event (this is number {seen})")
             }
             "flood" => Ok((0..FLOOD)

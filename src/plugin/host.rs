@@ -18,9 +18,12 @@ wasmtime::component::bindgen!({
         default: trappable,
     },
     exports: { default: async },
+    // `handle` borrows the event it is given: the host lowers the router's
+    // own strings into the guest instead of cloning them first.
+    ownership: Borrowing { duplicate_if_necessary: true },
 });
 
-pub(crate) use self::switchyard::plugin::types::Event as WitEvent;
+pub(crate) use self::switchyard::plugin::types::{EventParam, EventResult as WitEvent};
 
 use switchyard::plugin::{clock, http, kv, log, types};
 

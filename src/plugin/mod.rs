@@ -27,7 +27,7 @@ use wasmtime::{Store, UpdateDeadline};
 pub use breaker::{Admit, Breaker, BreakerView, CircuitState, Verdict};
 pub use cache::CompileCache;
 pub use host::KvAccess;
-use host::{Failure, Processor, ProcessorPre, State, WitEvent};
+use host::{EventParam, Failure, Processor, ProcessorPre, State, WitEvent};
 pub use http::{AllowedHost, HttpPolicy};
 pub use inspect::{
     ACCEPTED_CONTRACTS, CONTRACT_PACKAGE, CONTRACT_VERSION, ComponentInfo, InspectError,
@@ -574,7 +574,15 @@ impl Plugin {
         state.denied = None;
         state.deadline = Some(Instant::now() + self.spec.limits.timeout);
         inst.store.set_epoch_deadline(1);
-        let result = inst.proc.call_handle(&mut inst.store, &to_wit(ev)).await;
+        let attributes: Vec<(&str, &str)> = ev
+            .attributes
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        let result = inst
+            .proc
+            .call_handle(&mut inst.store, to_wit(ev, &attributes))
+            .await;
         inst.store.data_mut().kv = None;
         match result {
             Ok(Ok(outputs)) => {
@@ -637,22 +645,21 @@ fn first_line(s: &str) -> &str {
     s.lines().next().unwrap_or(s)
 }
 
-fn to_wit(ev: &Event) -> WitEvent {
-    WitEvent {
-        id: ev.id.clone(),
-        type_: ev.event_type.clone(),
-        version: ev.version.clone(),
-        source: ev.source.clone(),
-        key: ev.key.clone(),
-        time: ev.time.clone(),
-        content_type: ev.content_type.clone(),
-        data: ev.data.clone(),
-        attributes: ev
-            .attributes
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect(),
-        traceparent: ev.traceparent.clone(),
+/// `ev` as the guest's `handle` parameter, borrowing the router's strings:
+/// they are lowered straight into the guest's memory. `attributes` is the
+/// list of pairs the WIT type needs, built by the caller.
+fn to_wit<'a>(ev: &'a Event, attributes: &'a [(&'a str, &'a str)]) -> EventParam<'a> {
+    EventParam {
+        id: &ev.id,
+        type_: &ev.event_type,
+        version: &ev.version,
+        source: &ev.source,
+        key: ev.key.as_deref(),
+        time: &ev.time,
+        content_type: &ev.content_type,
+        data: &ev.data,
+        attributes,
+        traceparent: ev.traceparent.as_deref(),
     }
 }
 

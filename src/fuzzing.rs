@@ -296,3 +296,16 @@ fn split_head(input: &[u8]) -> (Vec<Line<'_>>, &[u8]) {
 fn lossy(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
+
+/// The output-data check (`pipeline::json_check`) against serde_json: the
+/// two must agree on every UTF-8 input (the stage checks `String`s).
+pub fn json_check(data: &[u8]) {
+    if let Ok(s) = std::str::from_utf8(data) {
+        let reference = serde_json::from_str::<serde::de::IgnoredAny>(s).is_ok();
+        assert_eq!(
+            crate::pipeline::json_check::is_json(s),
+            reference,
+            "the scanner and serde_json disagree on {s:?}"
+        );
+    }
+}

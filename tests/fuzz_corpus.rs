@@ -70,3 +70,8 @@ fn config_corpus() {
     let dir = fuzzing::config_fixture(dir.path()).expect("config fixture");
     run("config", |data| fuzzing::config(&dir, data));
 }
+
+#[test]
+fn json_check_corpus() {
+    run("json_check", fuzzing::json_check);
+}

@@ -15,6 +15,7 @@
 //! first has committed, and it is dropped if the first fails.
 
 mod hold;
+pub(crate) mod json_check;
 mod kv;
 pub mod replay;
 mod stage;

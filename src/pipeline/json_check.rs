@@ -417,7 +417,7 @@ mod tests {
                 .map(|i| {
                     x = x.rotate_left(7) ^ (i as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
                     // Mostly plain bytes, so runs are long enough to cross words.
-                    if x % 5 == 0 {
+                    if x.is_multiple_of(5) {
                         pool[(x >> 8) as usize % pool.len()]
                     } else {
                         b'a' + (x % 26) as u8

@@ -331,7 +331,9 @@ pub struct RouteConfig {
     /// Plugin names, run in order; each stage's outputs feed the next.
     pub pipeline: Vec<Spanned<String>>,
     /// `outbox` (default): answered once durable, forwarded by the sinks;
-    /// `direct`: answered once the sinks' brokers accepted the outputs.
+    /// `direct`: run inside the request, answered once the sinks' brokers
+    /// (if any forward the outputs' topics) accepted the outputs and the
+    /// input and outputs are durable, in one commit.
     #[serde(default)]
     pub delivery: Delivery,
     /// Topic globs the route's plugins may emit to; absent, any topic but

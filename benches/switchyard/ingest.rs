@@ -89,6 +89,42 @@ fn pcts(v: &[Duration]) -> [String; 3] {
     ]
 }
 
+/// The rates each mode runs at; infinity is closed-loop saturation.
+const RATES: [f64; 3] = [1_000.0, 10_000.0, f64::INFINITY];
+
+/// One rate: (achieved events/s, latencies). With `direct`, the outputs are
+/// written with the input before the 202, so "output durable" is the ack.
+async fn measure(
+    router: &util::Router,
+    reqs: &Arc<Vec<Vec<u8>>>,
+    batch: usize,
+    offered: f64,
+    secs: u64,
+    cursor: &CursorLog,
+    direct: bool,
+) -> Result<(f64, Latencies)> {
+    let start = Instant::now();
+    let samples = if offered.is_finite() {
+        load::open_loop(
+            router.addr,
+            reqs.clone(),
+            offered / batch as f64,
+            Duration::from_secs(secs),
+            64,
+        )
+        .await?
+    } else {
+        load::closed_loop(router.addr, reqs.clone(), Duration::from_secs(secs), 32).await?
+    };
+    let achieved = (samples.len() * batch) as f64 / start.elapsed().as_secs_f64();
+    caught_up(&router.rt.store).await?;
+    let mut l = latencies(&samples, cursor);
+    if direct {
+        l.durable_out = l.ack.clone();
+    }
+    Ok((achieved, l))
+}
+
 /// Runs the scenario; returns the saturation rate of single events.
 pub fn ingest(report: &mut Report, bodies: &[String], quick: bool) -> Result<f64> {
     let rt = util::threads(2)?;
@@ -107,28 +143,31 @@ pub fn ingest(report: &mut Report, bodies: &[String], quick: bool) -> Result<f64
                  request was due; saturation runs closed loop with 32 requests in flight. \"ack\" is request to \
                  the 202, which the router sends once the events are durable in the ingest topic; \"output\" is \
                  request to the domain-fanout output being durable (the router cursor passed the event). \
-                 Batches carry 50 events; their latency is per request."
+                 Batches carry 50 events; their latency is per request. \"direct route\" is the same route with \
+                 `delivery = \"direct\"`: the plugin runs inside the request and the input and its outputs are \
+                 written in one commit before the 202, so the output is durable at the ack (one commit per \
+                 request group instead of two)."
             ),
             &["mode", "offered events/s", "achieved events/s", "ack p50 ms", "ack p99 ms", "ack p99.9 ms", "output p50 ms", "output p99 ms", "output p99.9 ms"],
         );
         let mut saturation_single = 0.0;
+        let row = |s: &mut Section, mode: &str, offered: f64, achieved: f64, l: &Latencies| {
+            let [a50, a99, a999] = pcts(&l.ack);
+            let [o50, o99, o999] = pcts(&l.durable_out);
+            s.row(vec![
+                mode.into(),
+                if offered.is_finite() { rate(offered) } else { "saturation".into() },
+                rate(achieved),
+                a50, a99, a999, o50, o99, o999,
+            ]);
+        };
         for (mode, batch) in [("single", 1usize), ("batch of 50", 50)] {
             let reqs = Arc::new(load::bodies(bodies, batch));
             // Warm up connections, allocator and plugin instances.
             load::closed_loop(router.addr, reqs.clone(), Duration::from_millis(300), 8).await?;
             caught_up(&store).await?;
-            for offered in [1_000.0, 10_000.0, f64::INFINITY] {
-                let start = Instant::now();
-                let samples = if offered.is_finite() {
-                    load::open_loop(router.addr, reqs.clone(), offered / batch as f64, Duration::from_secs(secs), 64).await?
-                } else {
-                    load::closed_loop(router.addr, reqs.clone(), Duration::from_secs(secs), 32).await?
-                };
-                let achieved = (samples.len() * batch) as f64 / start.elapsed().as_secs_f64();
-                caught_up(&store).await?;
-                let l = latencies(&samples, &cursor);
-                let [a50, a99, a999] = pcts(&l.ack);
-                let [o50, o99, o999] = pcts(&l.durable_out);
+            for offered in RATES {
+                let (achieved, l) = measure(&router, &reqs, batch, offered, secs, &cursor, false).await?;
                 if offered.is_infinite() && batch == 1 {
                     saturation_single = achieved;
                 }
@@ -138,18 +177,39 @@ pub fn ingest(report: &mut Report, bodies: &[String], quick: bool) -> Result<f64
                     let p99 = quantile(&l.durable_out, 0.99);
                     report.headline("ingest p99, request → output durable, 10k events/s single", format!("{} ms", ms(p99)), "≤ 2 ms", Some(p99 <= Duration::from_millis(2)));
                 }
-                s.row(vec![
-                    mode.into(),
-                    if offered.is_finite() { rate(offered) } else { "saturation".into() },
-                    rate(achieved),
-                    a50, a99, a999, o50, o99, o999,
-                ]);
+                row(&mut s, mode, offered, achieved, &l);
             }
         }
-        report.headline("ingest saturation, single events (events/s)", rate(saturation_single), "–", None);
-        report.sections.push(s);
         watcher.abort();
         router.stop().await?;
+
+        // The same route with direct delivery, on a fresh router and store.
+        let tmp = tempfile::tempdir()?;
+        let text = format!("{}delivery = \"direct\"\n", util::fanout_config(&util::dist("domain-fanout"), 4, false));
+        let (_, cfg) = util::write_config(tmp.path(), &text)?;
+        let router = util::Router::start(cfg, &tmp.path().join("data")).await?;
+        let (cursor, watcher) = CursorLog::spawn(router.rt.store.clone());
+        let reqs = Arc::new(load::bodies(bodies, 1));
+        load::closed_loop(router.addr, reqs.clone(), Duration::from_millis(300), 8).await?;
+        for offered in RATES {
+            let (achieved, l) = measure(&router, &reqs, 1, offered, secs, &cursor, true).await?;
+            if offered == 10_000.0 {
+                let p99 = quantile(&l.durable_out, 0.99);
+                report.headline("ingest p99, request → output durable, 10k events/s single, direct route", format!("{} ms", ms(p99)), "≤ 2 ms", Some(p99 <= Duration::from_millis(2)));
+            }
+            row(&mut s, "single, direct route", offered, achieved, &l);
+        }
+        // Every accepted event has its output: the outputs were written
+        // with the inputs, not by the pipeline.
+        let store = &router.rt.store;
+        let inputs = store.topic_len("events")?;
+        let outputs: u64 = store.topics()?.iter().filter(|(t, _)| t.starts_with("domain.")).map(|(_, n)| n).sum();
+        anyhow::ensure!(outputs == inputs, "direct route: {inputs} inputs but {outputs} outputs");
+        watcher.abort();
+        router.stop().await?;
+
+        report.headline("ingest saturation, single events (events/s)", rate(saturation_single), "–", None);
+        report.sections.push(s);
         Ok(saturation_single)
     })
 }

@@ -169,21 +169,17 @@ fn validate_sink(
     Ok(())
 }
 
-/// Checks direct-delivery routes: they need a sink, and their plugins may not
-/// keep `kv` state (state is committed in log order by the pipeline, which a
-/// route running inside concurrent requests cannot follow).
+/// Checks direct-delivery routes: their plugins may not keep `kv` state
+/// (state is committed in log order by the pipeline, which a route running
+/// inside concurrent requests cannot follow). A sink is not needed: without
+/// one, direct delivery writes the outputs with the input in one commit.
 pub(in crate::config) fn validate_routes(
     cfg: &Config,
     at: &Locator<'_>,
 ) -> Result<(), ConfigError> {
-    let has_sink = !cfg.sinks.sns.is_empty() || !cfg.sinks.sqs.is_empty();
     for (i, r) in cfg.routes.iter().enumerate() {
         if r.delivery != Delivery::Direct {
             continue;
-        }
-        if !has_sink {
-            let reason = "direct delivery needs a sink ([sinks.sns.NAME] or [sinks.sqs.NAME])";
-            return Err(at.error(None, &format!("routes[{i}].delivery"), reason.into()));
         }
         for (j, stage) in r.pipeline.iter().enumerate() {
             let keeps_state = cfg
@@ -322,7 +318,7 @@ attributes = { producer = "switchyard" }
     }
 
     #[test]
-    fn direct_routes_need_a_sink_and_stateless_plugins() {
+    fn direct_routes_need_stateless_plugins_and_no_sink() {
         let direct = |stage: &str, sink: bool| {
             let sink = if sink {
                 "[sinks.sns.out]\ntopic = \"t\"\nfrom = [\"*\"]\n"
@@ -337,8 +333,11 @@ attributes = { producer = "switchyard" }
             parse(&direct("fanout", true)).unwrap().routes[1].delivery,
             Delivery::Direct
         );
-        let err = parse(&direct("fanout", false)).unwrap_err();
-        assert_eq!(err.key, "routes[1].delivery");
+        // Without a sink: the outputs are only written with the input.
+        assert_eq!(
+            parse(&direct("fanout", false)).unwrap().routes[1].delivery,
+            Delivery::Direct
+        );
         let err = parse(&direct("proj", true)).unwrap_err();
         assert_eq!(err.key, "routes[1].pipeline[0]");
         assert!(err.reason.contains("keeps kv state"), "{err}");

@@ -125,8 +125,75 @@ async fn measure(
     Ok((achieved, l))
 }
 
+/// The floor under every ingest latency on this machine, measured in the
+/// same run: one 4 KiB `fdatasync`, and a store write of one event (a redb
+/// commit with immediate durability), each repeated `n` times in a row.
+async fn commit_floor(
+    dir: &std::path::Path,
+    event: &switchyard::Event,
+    n: usize,
+) -> Result<Section> {
+    use std::io::Write as _;
+    let mut s = Section::new(
+        "3b. What one durable commit costs here",
+        "Each row repeats one operation back to back on the disk the benchmarks use, with no other load. \
+         Every ingest answer waits for at least one store commit (two for an output through the outbox), \
+         so these tails bound the latencies above: the p99 targets cannot be met by a router on a disk \
+         whose commit p99 is near them.",
+        &[
+            "operation",
+            "count",
+            "p50 ms",
+            "p99 ms",
+            "p99.9 ms",
+            "max ms",
+        ],
+    );
+    let add = |s: &mut Section, what: &str, mut v: Vec<Duration>| {
+        v.sort_unstable();
+        s.row(vec![
+            what.into(),
+            rate(v.len() as f64),
+            ms(quantile(&v, 0.5)),
+            ms(quantile(&v, 0.99)),
+            ms(quantile(&v, 0.999)),
+            ms(v.last().copied().unwrap_or_default()),
+        ]);
+    };
+    let mut file = std::fs::File::create(dir.join("fsync-probe"))?;
+    let page = [0x5a_u8; 4096];
+    let mut times = Vec::with_capacity(n);
+    for _ in 0..n {
+        let t = Instant::now();
+        file.write_all(&page)?;
+        file.sync_data()?;
+        times.push(t.elapsed());
+    }
+    add(&mut s, "write 4 KiB + fdatasync", times);
+    let store = Store::open(&dir.join("commit-probe"))?;
+    let mut times = Vec::with_capacity(n);
+    for _ in 0..n {
+        let t = Instant::now();
+        store
+            .write(switchyard::store::WriteBatch {
+                appends: vec![("events".to_string(), event.clone())],
+                ..Default::default()
+            })
+            .await?;
+        times.push(t.elapsed());
+    }
+    add(&mut s, "store write of one event (one redb commit)", times);
+    store.close();
+    Ok(s)
+}
+
 /// Runs the scenario; returns the saturation rate of single events.
-pub fn ingest(report: &mut Report, bodies: &[String], quick: bool) -> Result<f64> {
+pub fn ingest(
+    report: &mut Report,
+    bodies: &[String],
+    event: &switchyard::Event,
+    quick: bool,
+) -> Result<f64> {
     let rt = util::threads(2)?;
     rt.block_on(async {
         let tmp = tempfile::tempdir()?;
@@ -210,6 +277,8 @@ pub fn ingest(report: &mut Report, bodies: &[String], quick: bool) -> Result<f64
 
         report.headline("ingest saturation, single events (events/s)", rate(saturation_single), "–", None);
         report.sections.push(s);
+        let probe = tempfile::tempdir()?;
+        report.sections.push(commit_floor(probe.path(), event, if quick { 500 } else { 2000 }).await?);
         Ok(saturation_single)
     })
 }

@@ -28,7 +28,7 @@ use std::time::Instant;
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-use anyhow::Result;
+use anyhow::{Context as _, Result};
 
 use crate::report::Report;
 
@@ -173,7 +173,8 @@ fn main() -> Result<()> {
     });
     let mut saturation = 0.0;
     run("ingest", &mut report, &mut |r| {
-        saturation = ingest::ingest(r, &bodies, quick)?;
+        let event = evs.first().context("no events generated")?;
+        saturation = ingest::ingest(r, &bodies, event, quick)?;
         Ok(())
     });
     if saturation == 0.0 {

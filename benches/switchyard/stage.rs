@@ -215,6 +215,7 @@ pub fn wasm_vs_native(report: &mut Report, events: &[Event], quick: bool) -> Res
             anyhow::ensure!(x == y && a[0].1.id == b[0].1.id, "output data differs for {}", ev.id);
         }
         let calls = if quick { 5_000 } else { 50_000 };
+        let e2e_rounds = if quick { 1 } else { 3 };
         let sample = &events[..calls.min(events.len())];
         let rounds = if quick { 3 } else { 5 };
         // Interleaved rounds: both see the same machine load.
@@ -238,8 +239,9 @@ pub fn wasm_vs_native(report: &mut Report, events: &[Event], quick: bool) -> Res
                 "Per call: the best of {rounds} interleaved rounds of {calls} events. \"native\" is the transform \
                  (`plugins/domain-fanout/src/transform.rs`) compiled into the host plus the defaults the pipeline \
                  fills in; \"plugin call\" is `Plugin::handle` (host-side encoding, the call, decoding); \"plugin \
-                 stage\" is the pipeline's `run_route` (call + output checks + defaults). End to end: the input topic \
-                 drained in batches of {BATCH}, outputs and cursor committed durably per batch, on one thread; \
+                 stage\" is the pipeline's `run_route` (call + output checks + defaults). End to end (best of {e2e_rounds} \
+                 interleaved rounds): the input topic drained in batches of {BATCH}, outputs and cursor committed \
+                 durably per batch, on one thread; \
                  per CPU-second counts the process's user+system time (store writer thread included)."
             ),
             &["path", "per call µs", "events/s (wall)", "events per CPU-s", "× native"],
@@ -257,7 +259,7 @@ pub fn wasm_vs_native(report: &mut Report, events: &[Event], quick: bool) -> Res
         let n = if quick { 20_000 } else { 100_000 }.min(events.len());
         let mut best_native = (0.0f64, 0.0f64);
         let mut best_wasm = (0.0f64, 0.0f64);
-        for round in 0..if quick { 1 } else { 2 } {
+        for round in 0..e2e_rounds {
             for (i, t) in [Transform::Native, Transform::Wasm(&wasm)].iter().enumerate() {
                 let store = seeded_store(&tmp.path().join(format!("e2e-{round}-{i}")), &events[..n]).await?;
                 let got = drain(&store, n as u64, t, "bench").await?;

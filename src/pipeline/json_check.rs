@@ -18,57 +18,33 @@ pub fn is_json(s: &str) -> bool {
     let mut nest = Nest::default();
     'value: loop {
         p.whitespace();
-        match p.peek() {
-            b'{' => {
+        let ok = match p.peek() {
+            open @ (b'{' | b'[') => {
+                let object = open == b'{';
                 p.i += 1;
                 p.whitespace();
-                if p.peek() == b'}' {
-                    p.i += 1;
-                } else {
-                    nest.push(true);
-                    if !p.key() {
+                if p.peek() != closer(object) {
+                    nest.push(object);
+                    if object && !p.key() {
                         return false;
                     }
                     continue 'value;
                 }
-            }
-            b'[' => {
                 p.i += 1;
-                p.whitespace();
-                if p.peek() == b']' {
-                    p.i += 1;
-                } else {
-                    nest.push(false);
-                    continue 'value;
-                }
+                true
             }
             b'"' => {
                 p.i += 1;
-                if !p.string() {
-                    return false;
-                }
+                p.string()
             }
-            b't' => {
-                if !p.literal(b"true") {
-                    return false;
-                }
-            }
-            b'f' => {
-                if !p.literal(b"false") {
-                    return false;
-                }
-            }
-            b'n' => {
-                if !p.literal(b"null") {
-                    return false;
-                }
-            }
-            b'-' | b'0'..=b'9' => {
-                if !p.number() {
-                    return false;
-                }
-            }
-            _ => return false,
+            b't' => p.literal(b"true"),
+            b'f' => p.literal(b"false"),
+            b'n' => p.literal(b"null"),
+            b'-' | b'0'..=b'9' => p.number(),
+            _ => false,
+        };
+        if !ok {
+            return false;
         }
         // A value ended: a comma, or the end of its container (and maybe of
         // the containers around it), or the end of the input.
@@ -88,11 +64,7 @@ pub fn is_json(s: &str) -> bool {
                     }
                     continue 'value;
                 }
-                b'}' if object => {
-                    p.i += 1;
-                    nest.pop();
-                }
-                b']' if !object => {
+                c if c == closer(object) => {
                     p.i += 1;
                     nest.pop();
                 }
@@ -100,6 +72,11 @@ pub fn is_json(s: &str) -> bool {
             }
         }
     }
+}
+
+/// The byte that closes an object (`true`) or an array.
+fn closer(object: bool) -> u8 {
+    if object { b'}' } else { b']' }
 }
 
 /// The open containers, innermost last (`true`: an object). The first 128

@@ -68,8 +68,7 @@ pub fn reload(report: &mut Report, bodies: &[String], saturation: f64, quick: bo
         let file = tmp.path().join("domain-fanout.wasm");
         let base = std::fs::read(util::dist("domain-fanout"))?;
         std::fs::write(&file, &base)?;
-        let (_, cfg) = util::write_config(tmp.path(), &util::fanout_config(&file, 4, true))?;
-        let router = util::Router::start(cfg, &tmp.path().join("data")).await?;
+        let router = util::Router::in_dir(tmp.path(), &util::fanout_config(&file, 4, true)).await?;
         let r = router.rt.clone();
         let mut s = Section::new(
             "4. Hot reload (domain-fanout)",

@@ -69,6 +69,13 @@ pub struct Router {
 }
 
 impl Router {
+    /// A router from config `text`, written as `dir/switchyard.toml`, with
+    /// its data in `dir/data`.
+    pub async fn in_dir(dir: &Path, text: &str) -> Result<Router> {
+        let (_, cfg) = write_config(dir, text)?;
+        Router::start(cfg, &dir.join("data")).await
+    }
+
     pub async fn start(cfg: Config, data_dir: &Path) -> Result<Router> {
         let rt = Runtime::start(cfg, data_dir)
             .await

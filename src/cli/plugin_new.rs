@@ -77,6 +77,10 @@ pub mod sdk {
             "src/http.rs",
             include_str!("../../plugins/sdk/rust/src/http.rs"),
         ),
+        (
+            "src/heap.rs",
+            include_str!("../../plugins/sdk/rust/src/heap.rs"),
+        ),
     ];
     /// A stand-alone manifest for the copied Rust SDK (the repository's
     /// inherits from its workspace).
@@ -91,12 +95,13 @@ publish = false
 serde = "1.0.229"
 serde_json = "1.0.154"
 wit-bindgen = { version = "0.63.0", default-features = false, features = ["macros", "realloc"] }
-talc = { version = "5.1.1", optional = true }
 
 [features]
-# talc as the plugin's allocator (faster than the default dlmalloc); turn it
-# off with `default-features = false` to bring your own.
-default = ["talc"]
+# The SDK's size-class allocator as the plugin's heap (faster than the
+# default dlmalloc); turn it off with `default-features = false` to bring
+# your own.
+default = ["heap"]
+heap = []
 "#;
     /// Where the repository's SDK finds the WIT, and where the copy does.
     pub const RUST_WIT_PATH: (&str, &str) = ("\"../../../wit\"", "\"wit\"");

@@ -81,7 +81,10 @@ struct Chaos;
 
 impl Plugin for Chaos {
     fn init(config: Value) -> Result<(), String> {
-        let mode = config.get("mode").and_then(Value::as_str).map(str::to_owned);
+        let mode = config
+            .get("mode")
+            .and_then(Value::as_str)
+            .map(str::to_owned);
         match mode.as_deref() {
             None | Some("trap" | "transient" | "heal") => {
                 let _ = MODE.set(mode);

@@ -12,17 +12,23 @@ struct Counter;
 
 impl Plugin for Counter {
     fn handle(ev: Event) -> Result<Vec<Output>, Failure> {
-        let key = ev.key.clone().ok_or_else(|| Failure::bad_event("event has no key"))?;
+        let key = ev
+            .key
+            .clone()
+            .ok_or_else(|| Failure::bad_event("event has no key"))?;
         let data = serde_json::from_str::<Value>(&ev.data).unwrap_or(Value::Null);
         let flag = |name: &str| data.get(name) == Some(&Value::Bool(true));
         if flag("poison") && !cfg!(feature = "v2") {
             panic!("counter v1 cannot count poison event {}", ev.id);
         }
         if flag("flaky") && !cfg!(feature = "v2") {
-            return Err(Failure::transient("counter v1 cannot count flaky events yet"));
+            return Err(Failure::transient(
+                "counter v1 cannot count flaky events yet",
+            ));
         }
         let slot = format!("count/{key}");
-        let mut state: Value = kv::get_json(&slot)?.unwrap_or_else(|| json!({ "key": key, "count": 0 }));
+        let mut state: Value =
+            kv::get_json(&slot)?.unwrap_or_else(|| json!({ "key": key, "count": 0 }));
         let count = state["count"].as_u64().unwrap_or(0) + 1;
         state["count"] = json!(count);
         if cfg!(feature = "v2") {
@@ -33,7 +39,11 @@ impl Plugin for Counter {
             state["schema"] = json!(2);
         }
         kv::put_json(&slot, &state);
-        Ok(vec![Output::new("counter-state", "counter.updated", &state)])
+        Ok(vec![Output::new(
+            "counter-state",
+            "counter.updated",
+            &state,
+        )])
     }
 }
 

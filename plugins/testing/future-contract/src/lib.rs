@@ -4,7 +4,6 @@
 
 wit_bindgen::generate!({ path: "wit", world: "processor" });
 
-
 struct Future;
 
 impl Guest for Future {

@@ -16,33 +16,102 @@ pub struct Stage {
     pub namespace: String,
 }
 
+/// An event-type or topic glob, with `glob_match`'s meaning. The shapes
+/// routes almost always use (a whole name, `prefix*`, `*suffix`, `*`) are
+/// recognised once, when the route table is built, and matched by comparing
+/// strings: `glob_match` costs thousands of instructions per call, and each
+/// event is matched against every route.
+#[derive(Debug, Clone)]
+pub struct Glob {
+    text: String,
+    shape: Shape,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Shape {
+    /// No special character: the name itself.
+    Exact,
+    /// `lit*`: starts with `lit`, then anything but a path separator.
+    Prefix,
+    /// `*lit`: anything but a path separator, then ends with `lit`.
+    Suffix,
+    /// `*`: anything but a path separator.
+    Any,
+    /// Everything else goes to `glob_match`.
+    General,
+}
+
+impl Glob {
+    pub fn new(text: impl Into<String>) -> Self {
+        let text = text.into();
+        // `/` is a separator to glob_match (a `*` stops at it), `!` negates
+        // at the start, `\` escapes: leave all of those to it.
+        let special = |b: u8| b"*?[]{}\\!/".contains(&b);
+        let plain = |s: &str| !s.bytes().any(special);
+        let shape = if plain(&text) {
+            Shape::Exact
+        } else if text == "*" {
+            Shape::Any
+        } else if text
+            .strip_suffix('*')
+            .is_some_and(|l| !l.is_empty() && plain(l))
+        {
+            Shape::Prefix
+        } else if text
+            .strip_prefix('*')
+            .is_some_and(|l| !l.is_empty() && plain(l))
+        {
+            Shape::Suffix
+        } else {
+            Shape::General
+        };
+        Glob { text, shape }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.text
+    }
+
+    pub fn matches(&self, name: &str) -> bool {
+        let no_separator = |s: &str| !s.contains('/');
+        let t = self.text.as_str();
+        match self.shape {
+            Shape::Exact => name == t,
+            Shape::Any => no_separator(name),
+            Shape::Prefix => name
+                .strip_prefix(&t[..t.len() - 1])
+                .is_some_and(no_separator),
+            Shape::Suffix => name.strip_suffix(&t[1..]).is_some_and(no_separator),
+            Shape::General => glob_match::glob_match(t, name),
+        }
+    }
+}
+
 /// One route: patterns and the stages of its pipeline, in order.
 #[derive(Debug, Clone)]
 pub struct Route {
     pub name: String,
-    pub patterns: Vec<String>,
+    pub patterns: Vec<Glob>,
     pub stages: Vec<Stage>,
     /// Direct delivery: the route runs inside the ingest request (see
     /// `transport::ingest`), so the pipeline consumer skips it.
     pub direct: bool,
     /// Topic globs its plugins may emit to; `None`, any non-reserved topic.
-    pub topics: Option<Vec<String>>,
+    pub topics: Option<Vec<Glob>>,
     /// What happens to a key whose event keeps failing transiently.
     pub on_poison: crate::config::OnPoison,
 }
 
 impl Route {
     pub fn matches(&self, event_type: &str) -> bool {
-        self.patterns
-            .iter()
-            .any(|p| glob_match::glob_match(p, event_type))
+        self.patterns.iter().any(|p| p.matches(event_type))
     }
 
     /// Whether the route's plugins may emit to `topic`.
     pub fn allows_topic(&self, topic: &str) -> bool {
         self.topics
             .as_ref()
-            .is_none_or(|ts| ts.iter().any(|p| glob_match::glob_match(p, topic)))
+            .is_none_or(|ts| ts.iter().any(|p| p.matches(topic)))
     }
 }
 
@@ -116,7 +185,7 @@ mod tests {
     fn route(name: &str, patterns: &[&str]) -> Route {
         Route {
             name: name.into(),
-            patterns: patterns.iter().map(|s| s.to_string()).collect(),
+            patterns: patterns.iter().map(|s| Glob::new(*s)).collect(),
             stages: vec![],
             direct: false,
             topics: None,
@@ -128,12 +197,38 @@ mod tests {
     fn topic_allow_lists_take_globs_and_default_to_any() {
         let mut r = route("r", &["*"]);
         assert!(r.allows_topic("anything"));
-        r.topics = Some(vec!["prisoner.*".into(), "audit".into()]);
+        r.topics = Some(vec![Glob::new("prisoner.*"), Glob::new("audit")]);
         assert!(r.allows_topic("prisoner.moves"));
         assert!(r.allows_topic("audit"));
         assert!(!r.allows_topic("echo"));
         r.topics = Some(vec![]);
         assert!(!r.allows_topic("audit"));
+    }
+
+    /// Every shape matched without `glob_match` answers as it does, on
+    /// names with and without separators, empty ones and near misses.
+    #[test]
+    fn fast_shapes_agree_with_glob_match() {
+        // Whitespace-separated, plus the empty pattern and name.
+        let patterns = r"* a a.b a.* *.b a.b* *b prisoner.* *.released a*b ** a/* */b a.{b,c} a.? !a.*
+            a\* [ab].c *.* a** **b";
+        let names = "a b a.b a.c a. .b a.bc ab a.b.c a/b a.b/c x/a.b prisoner.received prisoner.
+            prisoner p.released released a* c.b";
+        let patterns: Vec<&str> = patterns.split_whitespace().chain([""]).collect();
+        let names: Vec<&str> = names.split_whitespace().chain([""]).collect();
+        let mut shapes = std::collections::BTreeSet::new();
+        for &p in &patterns {
+            let g = Glob::new(p);
+            shapes.insert(format!("{:?}", g.shape));
+            for &n in &names {
+                assert_eq!(
+                    g.matches(n),
+                    glob_match::glob_match(p, n),
+                    "pattern {p:?}, name {n:?}"
+                );
+            }
+        }
+        assert_eq!(shapes.len(), 5, "every shape is exercised: {shapes:?}");
     }
 
     #[test]

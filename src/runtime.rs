@@ -17,7 +17,7 @@ use crate::envelope::IngestDefaults;
 use crate::pipeline::Routes;
 use crate::plugin::{LoadError, PluginHost, PluginSpec};
 use crate::reload::{PendingRebuild, ReloadHandle, Statuses, projection};
-use crate::router::{Route, RouteTable, Stage};
+use crate::router::{Glob, Route, RouteTable, Stage};
 use crate::schema::{SchemaError, SchemaRegistry};
 use crate::store::{Store, StoreError};
 
@@ -192,7 +192,7 @@ pub fn build_routes(config: &Config, stages: &BTreeMap<String, Stage>) -> RouteT
         .iter()
         .map(|r| Route {
             name: r.name.clone(),
-            patterns: r.patterns.iter().map(|p| p.get_ref().clone()).collect(),
+            patterns: r.patterns.iter().map(|p| Glob::new(p.get_ref())).collect(),
             stages: r
                 .pipeline
                 .iter()
@@ -202,7 +202,7 @@ pub fn build_routes(config: &Config, stages: &BTreeMap<String, Stage>) -> RouteT
             topics: r
                 .topics
                 .as_ref()
-                .map(|ts| ts.iter().map(|t| t.get_ref().clone()).collect()),
+                .map(|ts| ts.iter().map(|t| Glob::new(t.get_ref())).collect()),
             on_poison: r.on_poison,
         })
         .collect();

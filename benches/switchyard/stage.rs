@@ -69,7 +69,7 @@ pub fn native_stage(ev: &Event, version: &str) -> Result<Vec<(String, Event)>, S
 pub fn route(plugin: Arc<Plugin>) -> Route {
     Route {
         name: ROUTE.into(),
-        patterns: vec!["*".into()],
+        patterns: vec![switchyard::router::Glob::new("*")],
         stages: vec![Stage {
             namespace: plugin.name().to_string(),
             plugin,

@@ -107,12 +107,21 @@ impl StageFailure {
 }
 
 /// A deterministic id from the input id and where the output was made.
+/// Part of the record format: a replay must derive the ids it derived the
+/// first time, so the name (`<input id>/<route>/<stage>/<n>`) and the
+/// namespace never change. Built without `format!`, which is a tenth of an
+/// output's cost here.
 pub fn derive_id(input_id: &str, route: &str, stage: usize, n: usize) -> String {
-    uuid::Uuid::new_v5(
-        &ID_NAMESPACE,
-        format!("{input_id}/{route}/{stage}/{n}").as_bytes(),
-    )
-    .to_string()
+    use std::fmt::Write as _;
+    let mut name = String::with_capacity(input_id.len() + route.len() + 24);
+    name.push_str(input_id);
+    name.push('/');
+    name.push_str(route);
+    let _ = write!(name, "/{stage}/{n}");
+    let id = uuid::Uuid::new_v5(&ID_NAMESPACE, name.as_bytes());
+    id.hyphenated()
+        .encode_lower(&mut uuid::Uuid::encode_buffer())
+        .to_owned()
 }
 
 /// Runs `input` through `route`. On success, the outputs of the last stage
@@ -291,7 +300,7 @@ fn fill_defaults(
         out.version = "1".into();
     }
     if out.source.is_empty() {
-        out.source = format!("urn:switchyard:plugin:{}", plugin.name());
+        out.source = ["urn:switchyard:plugin:", plugin.name()].concat();
     }
     if out.time.is_empty() {
         out.time = input.time.clone();
@@ -409,6 +418,12 @@ mod tests {
     #[test]
     fn derived_ids_are_stable_and_distinct() {
         let a = derive_id("e1", "r", 0, 0);
+        // Pinned: ids already in logs must be derived again by replays.
+        assert_eq!(a, "3f36054b-b817-54c2-9985-a4cb0aa635d6");
+        assert_eq!(
+            derive_id("e1", "r", usize::MAX, 3),
+            "61cab8e8-cad0-5257-beac-37308b5c92bc"
+        );
         assert_eq!(a, derive_id("e1", "r", 0, 0));
         assert_ne!(a, derive_id("e1", "r", 0, 1));
         assert_ne!(a, derive_id("e1", "r2", 0, 0));

@@ -75,7 +75,7 @@ fn main() -> Result<()> {
     let plugin = rt.block_on(async { PluginHost::new()?.load(spec).await })?;
     let route = Route {
         name: "domain-fanout".into(),
-        patterns: vec!["*".into()],
+        patterns: vec![switchyard::router::Glob::new("*")],
         stages: vec![Stage {
             namespace: "domain-fanout".into(),
             plugin: plugin.clone(),

@@ -72,6 +72,52 @@ impl EntryOutcome {
     fn is_accepted(&self) -> bool {
         matches!(self, EntryOutcome::Accepted { .. })
     }
+
+    /// The outcome of each of a batch call's `n` entries (sent with ids
+    /// `m0`, `m1`, ...), from the response's successful entries (entry id,
+    /// message id) and failed ones (entry id, code, message, sender fault).
+    /// An entry the response does not mention is [`missing`](Self::missing).
+    fn collect<'a>(
+        n: usize,
+        accepted: impl IntoIterator<Item = (Option<&'a str>, &'a str)>,
+        failed: impl IntoIterator<Item = (&'a str, &'a str, Option<&'a str>, bool)>,
+    ) -> Vec<EntryOutcome> {
+        let mut outcomes = vec![EntryOutcome::missing(); n];
+        let mut set = |id: Option<&str>, outcome| {
+            if let Some(slot) = entry_index(id).and_then(|i| outcomes.get_mut(i)) {
+                *slot = outcome;
+            }
+        };
+        for (id, message_id) in accepted {
+            let message_id = message_id.to_string();
+            set(id, EntryOutcome::Accepted { message_id });
+        }
+        for (id, code, message, sender_fault) in failed {
+            set(
+                Some(id),
+                EntryOutcome::Failed {
+                    code: code.to_string(),
+                    message: message.unwrap_or_default().to_string(),
+                    sender_fault,
+                },
+            );
+        }
+        outcomes
+    }
+}
+
+/// The index of a batch entry from its id (`m<index>`).
+fn entry_index(id: Option<&str>) -> Option<usize> {
+    id?.strip_prefix('m')?.parse().ok()
+}
+
+/// A request the SDK's builders refused to build.
+fn build_error(op: &'static str, e: impl std::fmt::Display) -> AwsError {
+    AwsError::new(FailureKind::Rejected, op, "BuildError", e.to_string())
+}
+
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// The AWS side of a running router: its sinks and sources.
@@ -286,5 +332,44 @@ pub(crate) mod tests {
             attributes: Default::default(),
             traceparent: None,
         }
+    }
+}
+
+#[cfg(test)]
+mod outcome_tests {
+    use super::EntryOutcome;
+
+    /// Each entry gets what the response said of it; entries it does not
+    /// mention are "missing" (retried); ids it should not have sent back,
+    /// out of range or not ours, are ignored rather than trusted.
+    #[test]
+    fn outcomes_follow_entry_ids_and_ignore_strangers() {
+        let got = EntryOutcome::collect(
+            4,
+            [
+                (Some("m2"), "id-2"),
+                (None, "no-entry"),
+                (Some("m9"), "id-9"),
+            ],
+            [
+                ("m0", "Throttled", Some("slow down"), false),
+                ("x1", "Bad", None, true),
+            ],
+        );
+        assert_eq!(
+            got,
+            vec![
+                EntryOutcome::Failed {
+                    code: "Throttled".into(),
+                    message: "slow down".into(),
+                    sender_fault: false
+                },
+                EntryOutcome::missing(),
+                EntryOutcome::Accepted {
+                    message_id: "id-2".into()
+                },
+                EntryOutcome::missing(),
+            ]
+        );
     }
 }

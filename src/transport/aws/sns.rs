@@ -4,9 +4,9 @@ use std::sync::Mutex;
 
 use aws_sdk_sns::types::{MessageAttributeValue, PublishBatchRequestEntry};
 
-use super::EntryOutcome;
 use super::batch::Outgoing;
 use super::client::{AwsError, FailureKind};
+use super::{EntryOutcome, build_error, lock};
 
 /// An SNS topic given by ARN or by name (resolved with `ListTopics` once and
 /// remembered; forgotten again if SNS says it does not exist).
@@ -83,23 +83,15 @@ impl SnsTopic {
                 }
                 err
             })?;
-        let mut outcomes = vec![EntryOutcome::missing(); msgs.len()];
-        for ok in out.successful() {
-            if let Some(i) = entry_index(ok.id()) {
-                let id = ok.message_id().unwrap_or_default().to_string();
-                outcomes[i] = EntryOutcome::Accepted { message_id: id };
-            }
-        }
-        for failed in out.failed() {
-            if let Some(i) = entry_index(Some(failed.id())) {
-                outcomes[i] = EntryOutcome::Failed {
-                    code: failed.code().to_string(),
-                    message: failed.message().unwrap_or_default().to_string(),
-                    sender_fault: failed.sender_fault(),
-                };
-            }
-        }
-        Ok(outcomes)
+        Ok(EntryOutcome::collect(
+            msgs.len(),
+            out.successful()
+                .iter()
+                .map(|ok| (ok.id(), ok.message_id().unwrap_or_default())),
+            out.failed()
+                .iter()
+                .map(|f| (f.id(), f.code(), f.message(), f.sender_fault())),
+        ))
     }
 }
 
@@ -131,16 +123,4 @@ pub async fn find_topic_arn(
             return Ok(None);
         }
     }
-}
-
-pub(super) fn entry_index(id: Option<&str>) -> Option<usize> {
-    id?.strip_prefix('m')?.parse().ok()
-}
-
-pub(super) fn build_error(op: &'static str, e: impl std::fmt::Display) -> AwsError {
-    AwsError::new(FailureKind::Rejected, op, "BuildError", e.to_string())
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }

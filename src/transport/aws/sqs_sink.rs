@@ -5,10 +5,9 @@ use std::sync::Mutex;
 
 use aws_sdk_sqs::types::{MessageAttributeValue, SendMessageBatchRequestEntry};
 
-use super::EntryOutcome;
 use super::batch::Outgoing;
 use super::client::{AwsError, FailureKind};
-use super::sns::{build_error, entry_index};
+use super::{EntryOutcome, build_error, lock};
 use crate::config::queue_name;
 
 /// An SQS queue given by URL or by name (resolved with `GetQueueUrl` once,
@@ -113,26 +112,14 @@ impl SqsQueue {
                 self.on_error(&err);
                 err
             })?;
-        let mut outcomes = vec![EntryOutcome::missing(); msgs.len()];
-        for ok in out.successful() {
-            if let Some(i) = entry_index(Some(ok.id())) {
-                let id = ok.message_id().to_string();
-                outcomes[i] = EntryOutcome::Accepted { message_id: id };
-            }
-        }
-        for failed in out.failed() {
-            if let Some(i) = entry_index(Some(failed.id())) {
-                outcomes[i] = EntryOutcome::Failed {
-                    code: failed.code().to_string(),
-                    message: failed.message().unwrap_or_default().to_string(),
-                    sender_fault: failed.sender_fault(),
-                };
-            }
-        }
-        Ok(outcomes)
+        Ok(EntryOutcome::collect(
+            msgs.len(),
+            out.successful()
+                .iter()
+                .map(|ok| (Some(ok.id()), ok.message_id())),
+            out.failed()
+                .iter()
+                .map(|f| (f.id(), f.code(), f.message(), f.sender_fault())),
+        ))
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }

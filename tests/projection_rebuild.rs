@@ -75,47 +75,83 @@ fn counts(entries: &Value) -> u64 {
         .sum()
 }
 
-#[test]
-fn a_projection_changed_under_load_is_rebuilt_and_swapped_without_missing_events() {
-    let dir = tempfile::tempdir().unwrap();
-    let live = dir.path().join("counter.wasm");
-    let (v1, v2) = (
-        plugin("counter-projection"),
-        plugin("counter-projection-v2"),
-    );
-    std::fs::copy(&v1, &live).unwrap();
-    let router = Router::start(dir.path(), &counter_config(&live));
-    let mut posted = 0;
-    for _ in 0..40 {
-        post_batch(&router, posted, 50);
-        posted += 50;
+/// A router in `dir` running counter-projection v1 (installed at the
+/// returned path), with `batches` batches of `size` events already accepted.
+fn counter_router(
+    dir: &std::path::Path,
+    batches: usize,
+    size: usize,
+) -> (Router, std::path::PathBuf) {
+    let live = dir.join("counter.wasm");
+    std::fs::copy(plugin("counter-projection"), &live).unwrap();
+    let router = Router::start(dir, &counter_config(&live));
+    for b in 0..batches {
+        post_batch(&router, b * size, size);
     }
+    (router, live)
+}
 
-    // Change the code while events keep coming.
-    let stop = Arc::new(AtomicBool::new(false));
-    let feeder = {
-        let (stop, url) = (stop.clone(), router.url("/v1/events"));
-        std::thread::spawn(move || {
+/// Posts single events from a thread until stopped, keeping the ids the
+/// router accepted. `strict`: every post must be accepted, and at least
+/// `min` are sent; otherwise refused posts (after a kill) are expected.
+struct Feeder {
+    stop: Arc<AtomicBool>,
+    thread: std::thread::JoinHandle<Vec<String>>,
+}
+
+impl Feeder {
+    fn start(router: &Router, strict: bool, min: usize) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let (flag, url) = (stop.clone(), router.url("/v1/events"));
+        let thread = std::thread::spawn(move || {
             let agent = agent();
+            let mut accepted = Vec::new();
             let mut n = 0;
-            while !stop.load(Ordering::Relaxed) || n < 1000 {
+            while !flag.load(Ordering::Relaxed) || n < min {
                 let ev = hmpps(
                     RECEIVED,
                     &format!("P{:02}", n % 40),
                     "LEI",
                     "2024-06-12T10:00:00Z",
                 );
+                n += 1;
                 let resp = agent
                     .post(&url)
                     .header("content-type", "application/json")
-                    .send(ev.to_string().as_bytes())
-                    .unwrap();
-                assert_eq!(resp.status(), 202);
-                n += 1;
+                    .send(ev.to_string().as_bytes());
+                match resp {
+                    Ok(mut r) if r.status() == 202 => {
+                        let v: Value =
+                            serde_json::from_str(&r.body_mut().read_to_string().unwrap()).unwrap();
+                        accepted.push(v["id"].as_str().unwrap().to_string());
+                    }
+                    other => assert!(!strict, "post {n} was not accepted: {other:?}"),
+                }
             }
-            n
-        })
-    };
+            accepted
+        });
+        Feeder { stop, thread }
+    }
+
+    /// Stops it; the ids the router accepted.
+    fn stop(self) -> Vec<String> {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.join().unwrap()
+    }
+}
+
+#[test]
+fn a_projection_changed_under_load_is_rebuilt_and_swapped_without_missing_events() {
+    let dir = tempfile::tempdir().unwrap();
+    let (v1, v2) = (
+        plugin("counter-projection"),
+        plugin("counter-projection-v2"),
+    );
+    let (router, live) = counter_router(dir.path(), 40, 50);
+    let mut posted = 40 * 50;
+
+    // Change the code while events keep coming.
+    let feeder = Feeder::start(&router, true, 1000);
     install_atomically(&v2, &live);
     let ver2 = version_of(&v2);
     let status = router.wait_plugin("counter", "the rebuild to finish", |s| {
@@ -127,8 +163,7 @@ fn a_projection_changed_under_load_is_rebuilt_and_swapped_without_missing_events
         status["rebuild"]["total"].as_u64().unwrap() >= 2000,
         "{status:#}"
     );
-    stop.store(true, Ordering::Relaxed);
-    posted += feeder.join().unwrap();
+    posted += feeder.stop().len();
 
     let outputs = router.wait_for("counter-state", posted);
     assert_eq!(outputs.len(), posted, "every event has exactly one output");
@@ -216,52 +251,12 @@ fn a_rebuild_on_demand_gives_the_same_state() {
 #[test]
 fn a_rebuild_killed_with_sigkill_resumes_after_restart_and_loses_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    let live = dir.path().join("counter.wasm");
-    let (v1, v2) = (
-        plugin("counter-projection"),
-        plugin("counter-projection-v2"),
-    );
-    std::fs::copy(&v1, &live).unwrap();
-    let router = Router::start(dir.path(), &counter_config(&live));
-    let mut posted = 0;
-    for _ in 0..100 {
-        post_batch(&router, posted, 100);
-        posted += 100;
-    }
+    let v2 = plugin("counter-projection-v2");
+    let (router, live) = counter_router(dir.path(), 100, 100);
+    let posted = 100 * 100;
 
     // Events keep coming while the rebuild runs and when the process dies.
-    let accepted: Arc<std::sync::Mutex<Vec<String>>> = Arc::default();
-    let stop = Arc::new(AtomicBool::new(false));
-    let feeder = {
-        let (stop, accepted, url) = (stop.clone(), accepted.clone(), router.url("/v1/events"));
-        std::thread::spawn(move || {
-            let agent = agent();
-            let mut n = 0;
-            while !stop.load(Ordering::Relaxed) {
-                let ev = hmpps(
-                    RECEIVED,
-                    &format!("P{:02}", n % 40),
-                    "LEI",
-                    "2024-06-12T10:00:00Z",
-                );
-                n += 1;
-                // Refused connections after the kill are expected.
-                if let Ok(mut r) = agent
-                    .post(&url)
-                    .header("content-type", "application/json")
-                    .send(ev.to_string().as_bytes())
-                    && r.status() == 202
-                {
-                    let v: Value =
-                        serde_json::from_str(&r.body_mut().read_to_string().unwrap()).unwrap();
-                    accepted
-                        .lock()
-                        .unwrap()
-                        .push(v["id"].as_str().unwrap().to_string());
-                }
-            }
-        })
-    };
+    let feeder = Feeder::start(&router, false, 0);
     install_atomically(&v2, &live);
     let status = router.wait_plugin("counter", "the rebuild to be under way", |s| {
         let r = &s["rebuild"];
@@ -271,9 +266,7 @@ fn a_rebuild_killed_with_sigkill_resumes_after_restart_and_loses_nothing() {
     });
     let reached = status["rebuild"]["offset"].as_u64().unwrap();
     router.kill9();
-    stop.store(true, Ordering::Relaxed);
-    feeder.join().unwrap();
-    let accepted = accepted.lock().unwrap().clone();
+    let accepted = feeder.stop();
 
     // The store opens cleanly, the rebuild resumes from its own cursor and
     // finishes, and v2 takes over.
@@ -317,14 +310,8 @@ fn a_rebuild_killed_with_sigkill_resumes_after_restart_and_loses_nothing() {
 #[test]
 fn a_dead_letter_of_a_projection_rebuilt_since_is_not_replayed_twice() {
     let dir = tempfile::tempdir().unwrap();
-    let live = dir.path().join("counter.wasm");
-    let (v1, v2) = (
-        plugin("counter-projection"),
-        plugin("counter-projection-v2"),
-    );
-    std::fs::copy(&v1, &live).unwrap();
-    let router = Router::start(dir.path(), &counter_config(&live));
-    post_batch(&router, 0, 10);
+    let v2 = plugin("counter-projection-v2");
+    let (router, live) = counter_router(dir.path(), 1, 10);
     let mut poison = hmpps(RECEIVED, "P00", "MDI", "2024-06-11T14:41:22Z");
     poison["poison"] = json!(true);
     let (status, body) = router.post_json(&poison);

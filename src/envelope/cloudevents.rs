@@ -78,7 +78,7 @@ pub(super) fn structured(
         let reason = "only json data is supported (application/json or */*+json)";
         return Err(unsupported(index, "/datacontenttype", reason));
     }
-    let data = payload.to_string();
+    let data = json_text(&payload);
     ce_event(attrs, "/", (payload, data), index, trace, defaults)
 }
 

@@ -295,6 +295,14 @@ fn is_json_media(media: &str) -> bool {
     media == JSON || (media.contains('/') && media.ends_with("+json"))
 }
 
+/// `v` as compact JSON text, the same bytes as `v.to_string()`: serde_json
+/// writes straight into the buffer, where `Value`'s `Display` goes through
+/// `core::fmt` piece by piece at several times the cost, and this runs for
+/// every event of a batch and every CloudEvents message a sink sends.
+pub(crate) fn json_text(v: &Value) -> String {
+    serde_json::to_string(v).unwrap_or_else(|_| v.to_string())
+}
+
 fn parse_json(body: &[u8]) -> Result<Value, EnvelopeError> {
     serde_json::from_slice(body).map_err(|e| bad(None, "", format!("invalid json: {e}")))
 }
@@ -336,7 +344,7 @@ fn hmpps(
         if !payload.is_object() {
             return Err(bad(Some(index), "", "expected a json object"));
         }
-        let data = payload.to_string();
+        let data = json_text(&payload);
         let event = hmpps_event(&payload, Some(index), data, trace.clone(), defaults)?;
         out.push(incoming(event, Envelope::Hmpps, payload, Some(index)));
     }

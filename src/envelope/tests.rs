@@ -339,3 +339,17 @@ fn hmpps_event_encodes_as_cloudevent() {
     ev.data = "not json".into();
     assert_eq!(to_cloudevent_json(&ev)["data"], "not json");
 }
+
+/// The stored text of a batch item is byte for byte what `Display` wrote
+/// before: escapes, non-ASCII, numbers and nesting alike.
+#[test]
+fn json_text_writes_the_same_bytes_as_display() {
+    let v: Value = serde_json::from_str(
+        r#"{"b":"quote \" backslash \\ tab \t nl \n ctl \u0001 é 😀 </x>","a":[1,-2,3.5,1e300,true,null,{}],"n":{"m":[[]],"k":""}}"#,
+    )
+    .unwrap();
+    assert_eq!(super::json_text(&v), v.to_string());
+    for item in v.as_object().unwrap().values() {
+        assert_eq!(super::json_text(item), item.to_string());
+    }
+}

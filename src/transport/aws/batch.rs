@@ -61,7 +61,7 @@ impl Outgoing {
 /// all (too large), which the caller dead-letters.
 pub fn encode(ev: &Event, log_topic: &str, enc: &Encoding) -> Result<Outgoing, String> {
     let body = match enc.format {
-        MessageFormat::Cloudevent => to_cloudevent_json(ev).to_string(),
+        MessageFormat::Cloudevent => crate::envelope::json_text(&to_cloudevent_json(ev)),
         MessageFormat::Data => ev.data.clone(),
     };
     let mut attributes = vec![(ATTR_EVENT_TYPE.to_string(), ev.event_type.clone())];

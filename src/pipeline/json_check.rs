@@ -142,7 +142,7 @@ const STOPS: [bool; 256] = {
 /// eight at a time, with the zero-byte test of Mycroft's `strlen` applied to
 /// "below 0x20", "is `\"`" and "is `\\`". Each test can flag a byte wrongly
 /// only above a byte it flags rightly, so the lowest flagged byte is a stop.
-fn plain_run(rest: &[u8]) -> usize {
+pub(crate) fn plain_run(rest: &[u8]) -> usize {
     const ONES: u64 = u64::MAX / 255;
     const HIGH: u64 = ONES << 7;
     let mut n = 0;

@@ -34,6 +34,7 @@ pub mod runtime;
 pub mod schema;
 pub mod server;
 pub mod store;
+mod sync;
 pub mod transport;
 
 pub use config::Config;

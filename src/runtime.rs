@@ -20,6 +20,7 @@ use crate::reload::{PendingRebuild, ReloadHandle, Statuses, projection};
 use crate::router::{Glob, Route, RouteTable, Stage};
 use crate::schema::{SchemaError, SchemaRegistry};
 use crate::store::{Store, StoreError};
+use crate::sync::{read, write};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -162,14 +163,6 @@ impl Runtime {
         write(&self.plugins).insert(name.to_string(), stage);
         *write(&self.routes) = Arc::new(table);
     }
-}
-
-pub(crate) fn read<T>(l: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
-    l.read().unwrap_or_else(|p| p.into_inner())
-}
-
-pub(crate) fn write<T>(l: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
-    l.write().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Compiles the schema registry a config names.

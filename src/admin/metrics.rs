@@ -69,7 +69,7 @@ fn gauges(rt: &Runtime, out: &mut String) -> Result<(), crate::store::StoreError
         ["consumer", "topic"],
         &lag,
     );
-    let names: Vec<String> = crate::runtime::read(&rt.plugins).keys().cloned().collect();
+    let names: Vec<String> = crate::sync::read(&rt.plugins).keys().cloned().collect();
     let (mut offset, mut total, mut running) = (Vec::new(), Vec::new(), Vec::new());
     for name in names {
         if let Some(r) = rt.statuses.view(&name).rebuild {
@@ -111,7 +111,7 @@ pub async fn readyz(State(rt): State<Arc<Runtime>>) -> Response {
     if let Err(e) = rt.store.topic_len(&rt.config.ingest.topic) {
         failed.push(json!({ "check": "store", "reason": e.to_string() }));
     }
-    let loaded = crate::runtime::read(&rt.plugins).clone();
+    let loaded = crate::sync::read(&rt.plugins).clone();
     for name in rt.live_config().plugins.keys() {
         if !loaded.contains_key(name) {
             failed.push(

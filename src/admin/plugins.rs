@@ -19,7 +19,7 @@ const MAX_STATE_ENTRIES: usize = 10_000;
 
 pub async fn list(State(rt): State<Arc<Runtime>>) -> Json<serde_json::Value> {
     let config = rt.live_config();
-    let stages = crate::runtime::read(&rt.plugins).clone();
+    let stages = crate::sync::read(&rt.plugins).clone();
     let plugins: Vec<_> = stages
         .iter()
         .map(|(name, stage)| {

@@ -15,13 +15,10 @@ use std::sync::{Arc, Mutex};
 
 use crate::plugin::KvAccess;
 use crate::store::Store;
+use crate::sync::lock;
 
 type Key = (String, String);
 type Writes = BTreeMap<Key, Option<Vec<u8>>>;
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
 
 /// The writes of the batch's successful units, over the store.
 pub struct BatchKv {

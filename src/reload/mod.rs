@@ -30,7 +30,8 @@ pub use watcher::Watcher;
 use crate::config::Config;
 use crate::plugin::{Plugin, PluginSpec, samples};
 use crate::router::Stage;
-use crate::runtime::{Runtime, build_routes, load_schemas, write};
+use crate::runtime::{Runtime, build_routes, load_schemas};
+use crate::sync::write;
 
 /// What to reload.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -441,7 +442,7 @@ impl Controller {
         }
         {
             let _swap = self.rt.swap_lock.lock().unwrap_or_else(|p| p.into_inner());
-            let current = crate::runtime::read(&self.rt.plugins).clone();
+            let current = crate::sync::read(&self.rt.plugins).clone();
             let mut stages = BTreeMap::new();
             for name in new.plugins.keys() {
                 if let Some(stage) = added.remove(name) {

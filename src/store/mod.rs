@@ -18,6 +18,7 @@ use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinitio
 use tokio::sync::{oneshot, watch};
 
 use crate::event::Event;
+use crate::sync::lock;
 
 mod codec;
 
@@ -396,10 +397,6 @@ impl Store {
             let _ = h.join();
         }
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 fn writer_loop(db: &Database, rx: mpsc::Receiver<Job>, inner: std::sync::Weak<Inner>) {

@@ -12,6 +12,7 @@ use super::{Expectation, SampleCase, canonical_output, diff};
 use crate::config::Capability;
 use crate::event::Event;
 use crate::plugin::{CallError, KvAccess, Plugin};
+use crate::sync::lock;
 
 /// What happened to one event.
 #[derive(Debug, Clone)]
@@ -276,10 +277,6 @@ type Writes = BTreeMap<String, Option<Vec<u8>>>;
 struct MemoryKv {
     committed: Mutex<BTreeMap<String, Vec<u8>>>,
     pending: Mutex<Writes>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Stored bytes shown as JSON when they are JSON, else as text, else hex.

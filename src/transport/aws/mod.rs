@@ -116,10 +116,6 @@ fn build_error(op: &'static str, e: impl std::fmt::Display) -> AwsError {
     AwsError::new(FailureKind::Rejected, op, "BuildError", e.to_string())
 }
 
-fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
 /// The AWS side of a running router: its sinks and sources.
 pub struct Aws {
     pub sinks: Vec<Arc<Sink>>,

@@ -6,7 +6,8 @@ use aws_sdk_sns::types::{MessageAttributeValue, PublishBatchRequestEntry};
 
 use super::batch::Outgoing;
 use super::client::{AwsError, FailureKind};
-use super::{EntryOutcome, build_error, lock};
+use super::{EntryOutcome, build_error};
+use crate::sync::lock;
 
 /// An SNS topic given by ARN or by name (resolved with `ListTopics` once and
 /// remembered; forgotten again if SNS says it does not exist).

@@ -7,8 +7,9 @@ use aws_sdk_sqs::types::{MessageAttributeValue, SendMessageBatchRequestEntry};
 
 use super::batch::Outgoing;
 use super::client::{AwsError, FailureKind};
-use super::{EntryOutcome, build_error, lock};
+use super::{EntryOutcome, build_error};
 use crate::config::queue_name;
+use crate::sync::lock;
 
 /// An SQS queue given by URL or by name (resolved with `GetQueueUrl` once,
 /// forgotten again if SQS says it does not exist).

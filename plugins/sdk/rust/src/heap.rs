@@ -83,25 +83,24 @@ impl State {
     /// Null when memory is exhausted.
     #[cold]
     fn carve(&mut self, size: usize) -> *mut u8 {
+        // Before the first slab `end` is 0, so nothing fits.
         let start = self.next.checked_add(size - 1).map(|n| n & !(size - 1));
-        match start.and_then(|s| Some((s, s.checked_add(size)?))) {
-            Some((start, stop)) if self.next != 0 && stop <= self.end => {
-                self.next = stop;
-                start as *mut u8
-            }
-            _ => {
-                // SAFETY: non-zero sizes and power-of-two alignments.
-                let slab =
-                    unsafe { System.alloc(Layout::from_size_align_unchecked(SLAB, MAX_SMALL)) };
-                if slab.is_null() {
-                    // SAFETY: as above.
-                    return unsafe { System.alloc(Layout::from_size_align_unchecked(size, size)) };
-                }
-                self.next = slab as usize + size;
-                self.end = slab as usize + SLAB;
-                slab
-            }
+        if let Some(stop) = start
+            .and_then(|s| s.checked_add(size))
+            .filter(|&e| e <= self.end)
+        {
+            self.next = stop;
+            return (stop - size) as *mut u8;
         }
+        // SAFETY: non-zero sizes and power-of-two alignments.
+        let slab = unsafe { System.alloc(Layout::from_size_align_unchecked(SLAB, MAX_SMALL)) };
+        if slab.is_null() {
+            // SAFETY: as above.
+            return unsafe { System.alloc(Layout::from_size_align_unchecked(size, size)) };
+        }
+        self.next = slab as usize + size;
+        self.end = slab as usize + SLAB;
+        slab
     }
 }
 

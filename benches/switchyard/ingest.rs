@@ -92,7 +92,7 @@ fn pcts(v: &[Duration]) -> [String; 3] {
 /// The rates each mode runs at; infinity is closed-loop saturation.
 const RATES: [f64; 3] = [1_000.0, 10_000.0, f64::INFINITY];
 
-/// One rate: (achieved events/s, latencies). With `direct`, the outputs are
+/// One rate: (achieved events/s, the router's CPU in cores, latencies). With `direct`, the outputs are
 /// written with the input before the 202, so "output durable" is the ack.
 async fn measure(
     router: &util::Router,
@@ -102,27 +102,37 @@ async fn measure(
     secs: u64,
     cursor: &CursorLog,
     direct: bool,
-) -> Result<(f64, Latencies)> {
+) -> Result<(f64, f64, Latencies)> {
     let start = Instant::now();
-    let samples = if offered.is_finite() {
-        load::open_loop(
-            router.addr,
-            reqs.clone(),
-            offered / batch as f64,
-            Duration::from_secs(secs),
-            64,
-        )
-        .await?
-    } else {
-        load::closed_loop(router.addr, reqs.clone(), Duration::from_secs(secs), 32).await?
-    };
-    let achieved = (samples.len() * batch) as f64 / start.elapsed().as_secs_f64();
+    let cpu = util::cpu_time();
+    let (addr, reqs) = (router.addr, reqs.clone());
+    let (samples, generator_cpu) = load::apart(move || async move {
+        if offered.is_finite() {
+            load::open_loop(
+                addr,
+                reqs,
+                offered / batch as f64,
+                Duration::from_secs(secs),
+                64,
+            )
+            .await
+        } else {
+            load::closed_loop(addr, reqs, Duration::from_secs(secs), 32).await
+        }
+    })
+    .await?;
+    let wall = start.elapsed().as_secs_f64();
+    let achieved = (samples.len() * batch) as f64 / wall;
+    let router_cores = (util::cpu_time() - cpu)
+        .saturating_sub(generator_cpu)
+        .as_secs_f64()
+        / wall;
     caught_up(&router.rt.store).await?;
     let mut l = latencies(&samples, cursor);
     if direct {
         l.durable_out = l.ack.clone();
     }
-    Ok((achieved, l))
+    Ok((achieved, router_cores, l))
 }
 
 /// The floor under every ingest latency on this machine, measured in the
@@ -136,7 +146,8 @@ async fn commit_floor(
     use std::io::Write as _;
     let mut s = Section::new(
         "3b. What one durable commit costs here",
-        "Each row repeats one operation back to back on the disk the benchmarks use, with no other load. \
+        "Each row repeats one operation back to back on the disk the benchmarks use, with no other load; \
+         \"CPU µs each\" is the process's CPU time (user and system) per operation. \
          Every ingest answer waits for at least one store commit (two for an output through the outbox), \
          so these tails bound the latencies above: the p99 targets cannot be met by a router on a disk \
          whose commit p99 is near them.",
@@ -147,10 +158,12 @@ async fn commit_floor(
             "p99 ms",
             "p99.9 ms",
             "max ms",
+            "CPU µs each",
         ],
     );
-    let add = |s: &mut Section, what: &str, mut v: Vec<Duration>| {
+    let add = |s: &mut Section, what: &str, mut v: Vec<Duration>, cpu: Duration| {
         v.sort_unstable();
+        let each = cpu.as_secs_f64() * 1e6 / v.len().max(1) as f64;
         s.row(vec![
             what.into(),
             rate(v.len() as f64),
@@ -158,20 +171,28 @@ async fn commit_floor(
             ms(quantile(&v, 0.99)),
             ms(quantile(&v, 0.999)),
             ms(v.last().copied().unwrap_or_default()),
+            format!("{each:.0}"),
         ]);
     };
     let mut file = std::fs::File::create(dir.join("fsync-probe"))?;
     let page = [0x5a_u8; 4096];
     let mut times = Vec::with_capacity(n);
+    let cpu = util::cpu_time();
     for _ in 0..n {
         let t = Instant::now();
         file.write_all(&page)?;
         file.sync_data()?;
         times.push(t.elapsed());
     }
-    add(&mut s, "write 4 KiB + fdatasync", times);
+    add(
+        &mut s,
+        "write 4 KiB + fdatasync",
+        times,
+        util::cpu_time() - cpu,
+    );
     let store = Store::open(&dir.join("commit-probe"))?;
     let mut times = Vec::with_capacity(n);
+    let cpu = util::cpu_time();
     for _ in 0..n {
         let t = Instant::now();
         store
@@ -182,7 +203,12 @@ async fn commit_floor(
             .await?;
         times.push(t.elapsed());
     }
-    add(&mut s, "store write of one event (one redb commit)", times);
+    add(
+        &mut s,
+        "store write of one event (one redb commit)",
+        times,
+        util::cpu_time() - cpu,
+    );
     store.close();
     Ok(s)
 }
@@ -205,7 +231,9 @@ pub fn ingest(
         let mut s = Section::new(
             "3. HTTP ingest latency",
             &format!(
-                "The router and an in-process load generator share the machine (loopback, keep-alive HTTP/1.1). \
+                "The router and an in-process load generator share the machine (loopback, keep-alive HTTP/1.1); \
+                 the generator runs on a thread and runtime of its own, as a separate client would. \
+                 \"router CPU\" is the process's CPU time less the generator thread's, over the wall time. \
                  Fixed rates run open loop for {secs} s over 64 connections, latency counted from when each \
                  request was due; saturation runs closed loop with 32 requests in flight. \"ack\" is request to \
                  the 202, which the router sends once the events are durable in the ingest topic; \"output\" is \
@@ -215,20 +243,21 @@ pub fn ingest(
                  written in one commit before the 202, so the output is durable at the ack (one commit per \
                  request group instead of two)."
             ),
-            &["mode", "offered events/s", "achieved events/s", "ack p50 ms", "ack p99 ms", "ack p99.9 ms", "output p50 ms", "output p99 ms", "output p99.9 ms"],
+            &["mode", "offered events/s", "achieved events/s", "router CPU (cores)", "ack p50 ms", "ack p99 ms", "ack p99.9 ms", "output p50 ms", "output p99 ms", "output p99.9 ms"],
         );
         let mut saturation_single = 0.0;
         let p99_target = |report: &mut Report, figure: &str, l: &[Duration]| {
             let p99 = quantile(l, 0.99);
             report.headline(figure, format!("{} ms", ms(p99)), "≤ 2 ms", Some(p99 <= Duration::from_millis(2)));
         };
-        let row = |s: &mut Section, mode: &str, offered: f64, achieved: f64, l: &Latencies| {
+        let row = |s: &mut Section, mode: &str, offered: f64, achieved: f64, cores: f64, l: &Latencies| {
             let [a50, a99, a999] = pcts(&l.ack);
             let [o50, o99, o999] = pcts(&l.durable_out);
             s.row(vec![
                 mode.into(),
                 if offered.is_finite() { rate(offered) } else { "saturation".into() },
                 rate(achieved),
+                format!("{cores:.2}"),
                 a50, a99, a999, o50, o99, o999,
             ]);
         };
@@ -238,7 +267,7 @@ pub fn ingest(
             load::closed_loop(router.addr, reqs.clone(), Duration::from_millis(300), 8).await?;
             caught_up(&store).await?;
             for offered in RATES {
-                let (achieved, l) = measure(&router, &reqs, batch, offered, secs, &cursor, false).await?;
+                let (achieved, cores, l) = measure(&router, &reqs, batch, offered, secs, &cursor, false).await?;
                 if offered.is_infinite() && batch == 1 {
                     saturation_single = achieved;
                 }
@@ -246,7 +275,7 @@ pub fn ingest(
                     p99_target(report, "ingest p99, request → durable (202), 10k events/s single", &l.ack);
                     p99_target(report, "ingest p99, request → output durable, 10k events/s single", &l.durable_out);
                 }
-                row(&mut s, mode, offered, achieved, &l);
+                row(&mut s, mode, offered, achieved, cores, &l);
             }
         }
         watcher.abort();
@@ -259,11 +288,11 @@ pub fn ingest(
         let reqs = Arc::new(load::bodies(bodies, 1));
         load::closed_loop(router.addr, reqs.clone(), Duration::from_millis(300), 8).await?;
         for offered in RATES {
-            let (achieved, l) = measure(&router, &reqs, 1, offered, secs, &cursor, true).await?;
+            let (achieved, cores, l) = measure(&router, &reqs, 1, offered, secs, &cursor, true).await?;
             if offered == 10_000.0 {
                 p99_target(report, "ingest p99, request → output durable, 10k events/s single, direct route", &l.durable_out);
             }
-            row(&mut s, "single, direct route", offered, achieved, &l);
+            row(&mut s, "single, direct route", offered, achieved, cores, &l);
         }
         // Every accepted event has its output: the outputs were written
         // with the inputs, not by the pipeline.

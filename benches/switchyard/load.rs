@@ -136,6 +136,32 @@ pub fn bodies(events: &[String], batch: usize) -> Vec<Vec<u8>> {
 
 /// Sends `bodies` (cycling) at `per_second` requests for `duration` over
 /// `conns` connections; every request must be answered 202.
+/// Runs the load generator `f` makes on a thread and runtime of its own, as
+/// a separate client process would: its tasks then never queue behind the
+/// router's on the router's workers, nor the router's behind them. Returns
+/// its result and the CPU time the generator's thread used.
+pub async fn apart<F, Fut, T>(f: F) -> Result<(T, Duration)>
+where
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = Result<T>>,
+    T: Send + 'static,
+{
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("load-generator".into())
+        .spawn(move || {
+            let cpu = crate::util::thread_cpu_time();
+            let out = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(anyhow::Error::from)
+                .and_then(|rt| rt.block_on(f()));
+            let _ = tx.send(out.map(|t| (t, crate::util::thread_cpu_time() - cpu)));
+        })?;
+    rx.await
+        .context("load generator thread ended without an answer")?
+}
+
 pub async fn open_loop(
     addr: SocketAddr,
     bodies: Arc<Vec<Vec<u8>>>,

@@ -480,6 +480,20 @@ fn write_trace(
     Ok(())
 }
 
+/// The table `def` of `txn`, opened on first use: a commit opens only the
+/// tables its jobs touch (an ingest write, only the log and topic lengths),
+/// and redb does per-commit work for every table opened.
+fn table<'a, 't, K: redb::Key + 'static, V: redb::Value + 'static>(
+    txn: &'t redb::WriteTransaction,
+    slot: &'a mut Option<redb::Table<'t, K, V>>,
+    def: TableDefinition<K, V>,
+) -> Result<&'a mut redb::Table<'t, K, V>, String> {
+    match slot {
+        Some(t) => Ok(t),
+        None => Ok(slot.insert(txn.open_table(def).map_err(|e| e.to_string())?)),
+    }
+}
+
 fn commit(db: &Database, jobs: &[Job]) -> Result<Committed, String> {
     let s = |e: &dyn std::fmt::Display| e.to_string();
     let mut txn = db.begin_write().map_err(|e| s(&e))?;
@@ -488,53 +502,57 @@ fn commit(db: &Database, jobs: &[Job]) -> Result<Committed, String> {
     let mut lengths: HashMap<String, u64> = HashMap::new();
     let mut offsets = Vec::with_capacity(jobs.len());
     {
-        let mut log = txn.open_table(LOG).map_err(|e| s(&e))?;
-        let mut topics = txn.open_table(TOPICS).map_err(|e| s(&e))?;
-        let mut cursors = txn.open_table(CURSORS).map_err(|e| s(&e))?;
-        let mut kv = txn.open_table(KV).map_err(|e| s(&e))?;
-        let mut meta = txn.open_table(META).map_err(|e| s(&e))?;
-        let mut trace = txn.open_table(TRACE).map_err(|e| s(&e))?;
+        let (mut log, mut topics, mut cursors) = (None, None, None);
+        let (mut kv, mut meta, mut trace) = (None, None, None);
         for job in jobs {
-            let mut offs = Vec::with_capacity(job.batch.appends.len());
-            for ((topic, _), bytes) in job.batch.appends.iter().zip(&job.encoded) {
+            let b = &job.batch;
+            let mut offs = Vec::with_capacity(b.appends.len());
+            for ((topic, _), bytes) in b.appends.iter().zip(&job.encoded) {
                 let next = match lengths.get(topic) {
                     Some(n) => *n,
-                    None => topics
+                    None => table(&txn, &mut topics, TOPICS)?
                         .get(topic.as_str())
                         .map_err(|e| s(&e))?
                         .map(|v| v.value())
                         .unwrap_or(0),
                 };
-                log.insert((topic.as_str(), next), bytes.as_slice())
+                table(&txn, &mut log, LOG)?
+                    .insert((topic.as_str(), next), bytes.as_slice())
                     .map_err(|e| s(&e))?;
                 lengths.insert(topic.clone(), next + 1);
                 offs.push(next);
             }
-            for t in &job.batch.traces {
-                write_trace(&mut trace, t, &job.batch.appends, &offs).map_err(|e| s(&e))?;
+            for t in &b.traces {
+                write_trace(table(&txn, &mut trace, TRACE)?, t, &b.appends, &offs)
+                    .map_err(|e| s(&e))?;
             }
-            for (consumer, offset) in &job.batch.cursors {
-                cursors
+            for (consumer, offset) in &b.cursors {
+                table(&txn, &mut cursors, CURSORS)?
                     .insert(consumer.as_str(), *offset)
                     .map_err(|e| s(&e))?;
             }
-            for consumer in &job.batch.drop_cursors {
-                cursors.remove(consumer.as_str()).map_err(|e| s(&e))?;
-            }
-            for ns in &job.batch.drop_namespaces {
-                // Keys of a namespace sort between (ns, "") and (ns + NUL, ...).
-                let end = format!("{ns}\0");
-                kv.retain_in((ns.as_str(), "")..(end.as_str(), ""), |_, _| false)
+            for consumer in &b.drop_cursors {
+                table(&txn, &mut cursors, CURSORS)?
+                    .remove(consumer.as_str())
                     .map_err(|e| s(&e))?;
             }
-            for (key, value) in &job.batch.meta {
+            for ns in &b.drop_namespaces {
+                // Keys of a namespace sort between (ns, "") and (ns + NUL, ...).
+                let end = format!("{ns}\0");
+                table(&txn, &mut kv, KV)?
+                    .retain_in((ns.as_str(), "")..(end.as_str(), ""), |_, _| false)
+                    .map_err(|e| s(&e))?;
+            }
+            for (key, value) in &b.meta {
+                let meta = table(&txn, &mut meta, META)?;
                 match value {
                     Some(v) => meta.insert(key.as_str(), v.as_slice()).map(|_| ()),
                     None => meta.remove(key.as_str()).map(|_| ()),
                 }
                 .map_err(|e| s(&e))?;
             }
-            for (ns, key, value) in &job.batch.kv {
+            for (ns, key, value) in &b.kv {
+                let kv = table(&txn, &mut kv, KV)?;
                 match value {
                     Some(v) => kv
                         .insert((ns.as_str(), key.as_str()), v.as_slice())
@@ -546,7 +564,9 @@ fn commit(db: &Database, jobs: &[Job]) -> Result<Committed, String> {
             offsets.push(offs);
         }
         for (topic, len) in &lengths {
-            topics.insert(topic.as_str(), *len).map_err(|e| s(&e))?;
+            table(&txn, &mut topics, TOPICS)?
+                .insert(topic.as_str(), *len)
+                .map_err(|e| s(&e))?;
         }
     }
     txn.commit().map_err(|e| s(&e))?;

@@ -75,6 +75,11 @@ fn author_loop(lang: &str, component_imports: &[&str]) {
     );
     let dir: PathBuf = tmp.path().join(&name);
     assert!(dir.join("samples/basic.json").is_file());
+    if lang == "rust" {
+        // Its build settings: `plugin build` runs cargo in the project.
+        let cargo_config = std::fs::read_to_string(dir.join(".cargo/config.toml")).unwrap();
+        assert!(cargo_config.contains("inline-threshold"), "{cargo_config}");
+    }
 
     let out = ok(&["plugin", "build", path(&dir)]);
     let wasm = dir.join("dist").join(format!("{name}.wasm"));

@@ -332,6 +332,8 @@ fn build_rust(project: &Project, out: &Path) -> Result<()> {
             "--manifest-path",
         ])
         .arg(&manifest)
+        // In the project, so that its own `.cargo/config.toml` applies.
+        .current_dir(&project.dir)
         .stdout(Stdio::piped())
         .spawn()
         .context("cannot run cargo (install Rust with rustup: https://rustup.rs)")?;

@@ -127,6 +127,10 @@ fn template(lang: Lang) -> Vec<(&'static str, &'static str)> {
                 ".gitignore",
                 include_str!("../../plugins/templates/rust/gitignore"),
             ),
+            (
+                ".cargo/config.toml",
+                include_str!("../../plugins/templates/rust/cargo/config.toml"),
+            ),
         ],
         Lang::Js => vec![
             (

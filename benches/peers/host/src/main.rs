@@ -240,7 +240,7 @@ fn main() -> Result<()> {
     let mut md = format!(
         "## 9. Peers on the same work\n\n`benches/peers/run{}` (a workspace of its own), {n} events, best of {rounds} rounds, one \
          process, one thread. The same `transform.rs` compiled natively, into switchyard's component, an Extism \
-         plugin and a Fluvio SmartModule (`wasm32-unknown-unknown`, opt-level 3). The peers get only the payload \
+         plugin and a Fluvio SmartModule (`wasm32-unknown-unknown`; every guest opt-level 3 with LLVM's inline threshold at 4000). The peers get only the payload \
          bytes and return the payload; switchyard's call carries the whole event record both ways.\n\n\
          | path | µs per record | × native | notes |\n|---|---|---|---|\n",
         if quick { " --quick" } else { "" }

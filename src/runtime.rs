@@ -158,7 +158,7 @@ impl Runtime {
     /// Makes `stage` serve plugin `name`: in the plugin map and in every
     /// route, as one new route table.
     pub fn swap_stage(&self, name: &str, stage: Stage) {
-        let _swap = self.swap_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let _swap = crate::sync::lock(&self.swap_lock);
         let table = self.routes().with_stage(name, &stage);
         write(&self.plugins).insert(name.to_string(), stage);
         *write(&self.routes) = Arc::new(table);

@@ -97,7 +97,7 @@ impl<S: Default, const N: usize> Family<S, N> {
     pub fn find(&self, values: [&str; N]) -> Option<Arc<S>> {
         let h = hash(&values);
         let same = |k: &[Box<str>; N]| k.iter().zip(values.iter()).all(|(a, b)| &**a == *b);
-        let map = self.series.read().unwrap_or_else(|p| p.into_inner());
+        let map = crate::sync::read(&self.series);
         map.get(&h)
             .and_then(|b| b.iter().find(|(k, _)| same(k)))
             .map(|(_, s)| s.clone())
@@ -111,7 +111,7 @@ impl<S: Default, const N: usize> Family<S, N> {
         }
         let h = hash(&values);
         let same = |k: &[Box<str>; N]| k.iter().zip(values.iter()).all(|(a, b)| &**a == *b);
-        let mut map = self.series.write().unwrap_or_else(|p| p.into_inner());
+        let mut map = crate::sync::write(&self.series);
         let bucket = map.entry(h).or_default();
         if let Some((_, s)) = bucket.iter().find(|(k, _)| same(k)) {
             return s.clone();
@@ -123,7 +123,7 @@ impl<S: Default, const N: usize> Family<S, N> {
 
     /// Label values and series, sorted by label values (stable output).
     fn snapshot(&self) -> Vec<([Box<str>; N], Arc<S>)> {
-        let map = self.series.read().unwrap_or_else(|p| p.into_inner());
+        let map = crate::sync::read(&self.series);
         let mut all: Vec<_> = map.values().flatten().cloned().collect();
         all.sort_by(|a, b| a.0.cmp(&b.0));
         all
@@ -149,7 +149,7 @@ impl<const N: usize> Family<Counter, N> {
 
     /// The sum of the series whose label number `label` is `value`.
     pub fn sum_where(&self, label: usize, value: &str) -> u64 {
-        let map = self.series.read().unwrap_or_else(|p| p.into_inner());
+        let map = crate::sync::read(&self.series);
         map.values()
             .flatten()
             .filter(|(k, _)| k.get(label).is_some_and(|v| &**v == value))

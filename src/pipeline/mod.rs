@@ -281,11 +281,7 @@ impl Pipeline {
 
     fn ctx(&self) -> Ctx {
         Ctx {
-            routes: self
-                .routes
-                .read()
-                .unwrap_or_else(|p| p.into_inner())
-                .clone(),
+            routes: crate::sync::read(&self.routes).clone(),
             kv: BatchKv::new(self.store.clone()),
             policy: self.policy.clone(),
             dlq: self.dead_letter_topic.clone(),
@@ -349,7 +345,7 @@ impl Pipeline {
                 let mut units = Vec::new();
                 let mut changed: Vec<(String, Option<Vec<u8>>)> = Vec::new();
                 loop {
-                    let next = queue.lock().unwrap_or_else(|p| p.into_inner()).pop_front();
+                    let next = crate::sync::lock(&queue).pop_front();
                     let Some((key, indices, mut holds)) = next else {
                         break;
                     };

@@ -25,7 +25,7 @@ wasmtime::component::bindgen!({
 
 pub(crate) use self::switchyard::plugin::types::{EventParam, EventResult as WitEvent};
 
-use switchyard::plugin::{clock, http, kv, log, types};
+use self::switchyard::plugin::{clock, http, kv, log, types};
 
 use super::http::HttpPolicy;
 

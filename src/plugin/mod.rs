@@ -21,7 +21,6 @@ use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 use tokio::sync::Semaphore;
-use wasmtime::component::Component;
 use wasmtime::{Store, UpdateDeadline};
 
 pub use breaker::{Admit, Breaker, BreakerView, CircuitState, Verdict};
@@ -264,9 +263,7 @@ impl PluginHost {
             Some(cache) => cache.component(&engine, &d, bytes.as_deref()),
             None => {
                 let bytes = bytes.ok_or_else(|| "no compile cache configured".to_string())?;
-                Component::from_binary(&engine, &bytes)
-                    .map(|c| (c, false))
-                    .map_err(|e| format!("{e:#}"))
+                cache::compile(&engine, &bytes).map(|c| (c, false))
             }
         })
         .await
@@ -395,10 +392,7 @@ impl Plugin {
 
     /// The most recent failure since load, if any.
     pub fn last_error(&self) -> Option<LastError> {
-        self.last_error
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        crate::sync::lock(&self.last_error).clone()
     }
 
     /// Records a failure the host found in what the call returned (an output
@@ -415,7 +409,7 @@ impl Plugin {
             error: error.to_string(),
             at: chrono::Utc::now().to_rfc3339(),
         };
-        *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(last);
+        *crate::sync::lock(&self.last_error) = Some(last);
     }
 
     /// The same compiled component with another `init` config and grants:
@@ -515,10 +509,7 @@ impl Plugin {
     }
 
     fn release(&self, inst: Instance) {
-        self.idle
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(inst);
+        crate::sync::lock(&self.idle).push(inst);
     }
 
     /// Runs `handle` on one event. `kv` is the event's view of the plugin's
@@ -558,7 +549,7 @@ impl Plugin {
             .acquire()
             .await
             .map_err(|_| CallError::Host("plugin is shutting down".into()))?;
-        let pooled = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
+        let pooled = crate::sync::lock(&self.idle).pop();
         let mut inst = match pooled {
             Some(i) => i,
             // A fresh instance can fail only for resource reasons (memory):

@@ -136,7 +136,7 @@ pub fn start(rt: Arc<Runtime>, watch_files: bool) -> ReloadHandle {
         watcher,
         rebuilds: Mutex::new(HashMap::new()),
     };
-    let pending = std::mem::take(&mut *rt.pending.lock().unwrap_or_else(|p| p.into_inner()));
+    let pending = std::mem::take(&mut *crate::sync::lock(&rt.pending));
     tokio::spawn(controller.run(rx, pending));
     handle
 }
@@ -184,12 +184,7 @@ impl Controller {
                 let _ = reply.send(outcome);
             }
         }
-        for (_, (_, cancel)) in this
-            .rebuilds
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .drain()
-        {
+        for (_, (_, cancel)) in crate::sync::lock(&this.rebuilds).drain() {
             cancel.send_replace(true);
         }
     }
@@ -285,11 +280,7 @@ impl Controller {
             self.record(name, &out, started, plugin.from_cache(), trigger);
             return out;
         }
-        let rebuilding = self
-            .rebuilds
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .contains_key(name);
+        let rebuilding = crate::sync::lock(&self.rebuilds).contains_key(name);
         if plugin.digest() == current.plugin.digest() && !(trigger == "api" || rebuilding) {
             out.outcome = "unchanged".into();
         } else if cfg.projection {
@@ -345,12 +336,7 @@ impl Controller {
     }
 
     fn cancel_rebuild(&self, name: &str) {
-        if let Some((_, cancel)) = self
-            .rebuilds
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(name)
-        {
+        if let Some((_, cancel)) = crate::sync::lock(&self.rebuilds).remove(name) {
             cancel.send_replace(true);
         }
     }
@@ -360,11 +346,8 @@ impl Controller {
         let (cancel_tx, cancel_rx) = watch::channel(false);
         let name = job.name.clone();
         let generation = job.generation;
-        if let Some((_, old)) = self
-            .rebuilds
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(name.clone(), (generation, cancel_tx))
+        if let Some((_, old)) =
+            crate::sync::lock(&self.rebuilds).insert(name.clone(), (generation, cancel_tx))
         {
             old.send_replace(true);
         }
@@ -372,7 +355,7 @@ impl Controller {
         let this = self.clone();
         tokio::spawn(async move {
             let result = projection::run(this.rt.clone(), job, cancel_rx).await;
-            let mut rebuilds = this.rebuilds.lock().unwrap_or_else(|p| p.into_inner());
+            let mut rebuilds = crate::sync::lock(&this.rebuilds);
             if rebuilds.get(&name).is_some_and(|(g, _)| *g == generation) {
                 rebuilds.remove(&name);
             }
@@ -441,7 +424,7 @@ impl Controller {
             );
         }
         {
-            let _swap = self.rt.swap_lock.lock().unwrap_or_else(|p| p.into_inner());
+            let _swap = crate::sync::lock(&self.rt.swap_lock);
             let current = crate::sync::read(&self.rt.plugins).clone();
             let mut stages = BTreeMap::new();
             for name in new.plugins.keys() {

@@ -76,7 +76,7 @@ pub struct StatusView {
 
 impl Statuses {
     fn with<R>(&self, name: &str, f: impl FnOnce(&mut Entry) -> R) -> R {
-        let mut map = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let mut map = crate::sync::lock(&self.inner);
         f(map.entry(name.to_string()).or_default())
     }
 
@@ -106,7 +106,7 @@ impl Statuses {
         crate::obs::metrics()
             .reloads
             .inc(["config", &record.outcome]);
-        let mut h = self.config.lock().unwrap_or_else(|p| p.into_inner());
+        let mut h = crate::sync::lock(&self.config);
         if h.len() == HISTORY {
             h.pop_front();
         }
@@ -114,19 +114,11 @@ impl Statuses {
     }
 
     pub fn config_history(&self) -> Vec<ReloadRecord> {
-        self.config
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .iter()
-            .cloned()
-            .collect()
+        crate::sync::lock(&self.config).iter().cloned().collect()
     }
 
     pub fn forget(&self, name: &str) {
-        self.inner
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(name);
+        crate::sync::lock(&self.inner).remove(name);
     }
 
     pub fn view(&self, name: &str) -> StatusView {

@@ -100,8 +100,8 @@ impl Watcher {
     /// Follows a new config: watches the directories it names now.
     pub fn update(&self, cfg: &Config) {
         let map = PathMap::from_config(cfg);
-        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        let mut watcher = self.watcher.lock().unwrap_or_else(|p| p.into_inner());
+        let mut state = crate::sync::lock(&self.state);
+        let mut watcher = crate::sync::lock(&self.watcher);
         for dir in state.dirs.difference(&map.dirs) {
             let _ = watcher.unwatch(dir);
         }
@@ -141,7 +141,7 @@ fn debounce(
             .unwrap_or(Duration::from_secs(3600));
         match rx.recv_timeout(wait) {
             Ok(Ok(ev)) if is_change(&ev.kind) => {
-                let map = state.lock().unwrap_or_else(|p| p.into_inner());
+                let map = crate::sync::lock(state);
                 for path in &ev.paths {
                     if let Some(req) = map.request_for(path) {
                         due.insert(req, Instant::now() + DEBOUNCE);

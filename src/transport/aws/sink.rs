@@ -366,11 +366,7 @@ impl Sink {
 
     fn note_error(&self, e: &AwsError, rounds: u32) {
         let first = !self.stats.retrying.swap(true, Ordering::Relaxed);
-        *self
-            .stats
-            .last_error
-            .lock()
-            .unwrap_or_else(|p| p.into_inner()) = Some(e.to_string());
+        *crate::sync::lock(&self.stats.last_error) = Some(e.to_string());
         // Loud at the start of an outage and then every tenth round.
         if first || rounds.is_multiple_of(10) {
             match e.kind {

@@ -123,11 +123,7 @@ impl SqsSource {
     }
 
     fn note_error(&self, e: &str) {
-        *self
-            .stats
-            .last_error
-            .lock()
-            .unwrap_or_else(|p| p.into_inner()) = Some(e.to_string());
+        *crate::sync::lock(&self.stats.last_error) = Some(e.to_string());
     }
 
     async fn poll(

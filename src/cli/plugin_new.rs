@@ -235,6 +235,31 @@ pub fn new(name: &str, lang: Lang, parent: &Path) -> Result<PathBuf> {
 mod tests {
     use super::*;
 
+    /// New Rust projects, the repository's plugins and the peers benchmark's
+    /// guests are built with the same compiler flags (three cargo configs,
+    /// which cannot include one another).
+    #[test]
+    fn guest_rustflags_agree() {
+        let flags = |config: &str| {
+            config
+                .lines()
+                .find(|l| l.starts_with("rustflags"))
+                .map(str::to_owned)
+        };
+        let repo = flags(include_str!("../../plugins/.cargo/config.toml"));
+        assert!(repo.is_some(), "plugins/.cargo/config.toml sets rustflags");
+        assert_eq!(
+            flags(include_str!(
+                "../../plugins/templates/rust/cargo/config.toml"
+            )),
+            repo
+        );
+        assert_eq!(
+            flags(include_str!("../../benches/peers/.cargo/config.toml")),
+            repo
+        );
+    }
+
     #[test]
     fn names_are_checked() {
         assert!(check_name("my-plugin_2").is_ok());

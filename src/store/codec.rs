@@ -13,6 +13,17 @@
 //! A string is `len bytes`; an optional string is `0` for none or `len + 1`
 //! then the bytes. Records written before this layout are JSON objects
 //! (first byte `{`) and are still read.
+//!
+//! One log entry may hold several consecutive records of a topic, a
+//! *chunk*, stored under the offset of its first:
+//!
+//! ```text
+//! 0x02 | n | (len record) * n
+//! ```
+//!
+//! A commit writes each topic's appends as chunks, so a batch of 256 outputs
+//! costs a few B-tree inserts instead of 256 (each of which copied its leaf
+//! page). An entry that is one record is that record, in either layout.
 
 use std::collections::BTreeMap;
 
@@ -20,6 +31,58 @@ use crate::event::Event;
 
 /// First byte of a record in this layout (a JSON record starts with `{`).
 const TAG: u8 = 0x01;
+/// First byte of a chunk of records.
+const CHUNK: u8 = 0x02;
+/// A chunk is closed once its records reach this many bytes: small enough
+/// that reading one record of it stays cheap, large enough that a batch of
+/// outputs is a handful of entries.
+pub const CHUNK_BYTES: usize = 64 * 1024;
+
+/// The log entry for consecutive `records` (each from [`encode`]): the
+/// record itself if there is one, else a chunk.
+pub fn entry(records: &[&[u8]]) -> Vec<u8> {
+    if let [one] = records {
+        return one.to_vec();
+    }
+    let len: usize = records.iter().map(|r| r.len() + 4).sum();
+    let mut b = Vec::with_capacity(8 + len);
+    b.push(CHUNK);
+    put_len(&mut b, records.len() as u64);
+    for r in records {
+        put_len(&mut b, r.len() as u64);
+        b.extend_from_slice(r);
+    }
+    b
+}
+
+/// The records of a log entry, in order, as their encoded bytes (for
+/// [`decode`]).
+pub fn records(entry: &[u8]) -> Result<Vec<&[u8]>, String> {
+    let Some((&CHUNK, rest)) = entry.split_first() else {
+        return Ok(vec![entry]);
+    };
+    let mut r = Reader { b: rest };
+    let n = r.len("the chunk's record count")?;
+    // Every record takes at least two bytes: a cap on what `n` may claim.
+    let mut out = Vec::with_capacity(usize::try_from(n).unwrap_or(0).min(rest.len() / 2));
+    for i in 0..n {
+        let len = r.len("a chunk record's length")?;
+        let len = usize::try_from(len)
+            .ok()
+            .filter(|&l| l <= r.b.len())
+            .ok_or_else(|| format!("record {i} of the chunk runs past its end"))?;
+        let (rec, tail) = r.b.split_at(len);
+        r.b = tail;
+        out.push(rec);
+    }
+    if !r.b.is_empty() {
+        return Err(format!("{} bytes after the chunk's records", r.b.len()));
+    }
+    if out.is_empty() {
+        return Err("empty chunk".into());
+    }
+    Ok(out)
+}
 
 /// The bytes stored for `ev`.
 pub fn encode(ev: &Event) -> Vec<u8> {
@@ -231,7 +294,7 @@ mod tests {
         let mut extra = good.clone();
         extra.push(0);
         assert!(decode(&extra).unwrap_err().contains("after the record"));
-        assert!(decode(&[0x02, 0]).unwrap_err().contains("layout"));
+        assert!(decode(&[0x03, 0]).unwrap_err().contains("layout"));
         let mut bad_utf8 = vec![TAG, 2, 0xff, 0xfe];
         bad_utf8.extend_from_slice(&[0; 12]);
         assert!(decode(&bad_utf8).unwrap_err().contains("UTF-8"));
@@ -241,5 +304,38 @@ mod tests {
             ])
             .is_err()
         );
+    }
+
+    #[test]
+    fn chunks_hold_records_in_order() {
+        let mut a = ev();
+        let one = encode(&a);
+        // One record is stored as itself.
+        assert_eq!(entry(&[one.as_slice()]), one);
+        assert_eq!(records(&one).unwrap(), vec![one.as_slice()]);
+        a.id = "e-2".into();
+        let two = encode(&a);
+        let json = serde_json::to_vec(&a).unwrap();
+        let chunk = entry(&[one.as_slice(), two.as_slice(), json.as_slice()]);
+        assert_eq!(chunk[0], CHUNK);
+        let got = records(&chunk).unwrap();
+        assert_eq!(got, vec![one.as_slice(), two.as_slice(), json.as_slice()]);
+        assert_eq!(decode(got[1]).unwrap().id, "e-2");
+        assert_eq!(decode(got[2]).unwrap(), a);
+    }
+
+    #[test]
+    fn damaged_chunks_are_errors_not_panics() {
+        let r = encode(&ev());
+        let chunk = entry(&[r.as_slice(), r.as_slice()]);
+        for cut in 1..chunk.len() {
+            assert!(records(&chunk[..cut]).is_err(), "cut at {cut}");
+        }
+        let mut extra = chunk.clone();
+        extra.push(0);
+        assert!(records(&extra).unwrap_err().contains("after the chunk"));
+        assert!(records(&[CHUNK, 0]).unwrap_err().contains("empty chunk"));
+        // A count far beyond the bytes there are.
+        assert!(records(&[CHUNK, 0xff, 0xff, 0xff, 0xff, 0x0f, 1, 0]).is_err());
     }
 }

@@ -231,22 +231,41 @@ impl Store {
     pub fn read(&self, topic: &str, from: u64, limit: usize) -> Result<Vec<Record>, StoreError> {
         let txn = self.inner.db.begin_read().map_err(read_err)?;
         let table = txn.open_table(LOG).map_err(read_err)?;
+        let corrupt = |offset: u64, reason: String| StoreError::Corrupt {
+            topic: topic.to_string(),
+            offset,
+            reason,
+        };
         let mut out = Vec::new();
+        if limit == 0 {
+            return Ok(out);
+        }
+        // The entry holding `from` starts at or before it (a chunk).
+        let start = match table
+            .range((topic, 0)..=(topic, from))
+            .map_err(read_err)?
+            .next_back()
+        {
+            Some(item) => item.map_err(read_err)?.0.value().1,
+            None => from,
+        };
         for item in table
-            .range((topic, from)..(topic, u64::MAX))
+            .range((topic, start)..(topic, u64::MAX))
             .map_err(read_err)?
         {
-            if out.len() >= limit {
-                break;
-            }
             let (k, v) = item.map_err(read_err)?;
-            let offset = k.value().1;
-            let event = codec::decode(v.value()).map_err(|reason| StoreError::Corrupt {
-                topic: topic.to_string(),
-                offset,
-                reason,
-            })?;
-            out.push(Record { offset, event });
+            let first = k.value().1;
+            let records = codec::records(v.value()).map_err(|reason| corrupt(first, reason))?;
+            for (offset, bytes) in (first..).zip(records) {
+                if offset < from {
+                    continue;
+                }
+                let event = codec::decode(bytes).map_err(|reason| corrupt(offset, reason))?;
+                out.push(Record { offset, event });
+                if out.len() >= limit {
+                    return Ok(out);
+                }
+            }
         }
         Ok(out)
     }
@@ -494,6 +513,29 @@ fn table<'a, 't, K: redb::Key + 'static, V: redb::Value + 'static>(
     }
 }
 
+/// `records` cut into runs of at most [`codec::CHUNK_BYTES`] (and at least
+/// one record each).
+fn chunks<'r, 'b>(records: &'r [&'b [u8]]) -> impl Iterator<Item = &'r [&'b [u8]]> {
+    let mut rest = records;
+    std::iter::from_fn(move || {
+        if rest.is_empty() {
+            return None;
+        }
+        let mut bytes = 0;
+        let n = rest
+            .iter()
+            .take_while(|r| {
+                let fits = bytes == 0 || bytes + r.len() <= codec::CHUNK_BYTES;
+                bytes += r.len();
+                fits
+            })
+            .count();
+        let (chunk, tail) = rest.split_at(n);
+        rest = tail;
+        Some(chunk)
+    })
+}
+
 fn commit(db: &Database, jobs: &[Job]) -> Result<Committed, String> {
     let s = |e: &dyn std::fmt::Display| e.to_string();
     let mut txn = db.begin_write().map_err(|e| s(&e))?;
@@ -501,6 +543,9 @@ fn commit(db: &Database, jobs: &[Job]) -> Result<Committed, String> {
         .map_err(|e| s(&e))?;
     let mut lengths: HashMap<String, u64> = HashMap::new();
     let mut offsets = Vec::with_capacity(jobs.len());
+    // Per topic, the offset of its first append in this commit and the
+    // records from there on, written as chunks at the end.
+    let mut appended: HashMap<&str, (u64, Vec<&[u8]>)> = HashMap::new();
     {
         let (mut log, mut topics, mut cursors) = (None, None, None);
         let (mut kv, mut meta, mut trace) = (None, None, None);
@@ -516,9 +561,11 @@ fn commit(db: &Database, jobs: &[Job]) -> Result<Committed, String> {
                         .map(|v| v.value())
                         .unwrap_or(0),
                 };
-                table(&txn, &mut log, LOG)?
-                    .insert((topic.as_str(), next), bytes.as_slice())
-                    .map_err(|e| s(&e))?;
+                appended
+                    .entry(topic.as_str())
+                    .or_insert_with(|| (next, Vec::new()))
+                    .1
+                    .push(bytes.as_slice());
                 lengths.insert(topic.clone(), next + 1);
                 offs.push(next);
             }
@@ -562,6 +609,15 @@ fn commit(db: &Database, jobs: &[Job]) -> Result<Committed, String> {
                 .map_err(|e| s(&e))?;
             }
             offsets.push(offs);
+        }
+        for (topic, (first, records)) in &appended {
+            let log = table(&txn, &mut log, LOG)?;
+            let mut offset = *first;
+            for chunk in chunks(records) {
+                log.insert((*topic, offset), codec::entry(chunk).as_slice())
+                    .map_err(|e| s(&e))?;
+                offset += chunk.len() as u64;
+            }
         }
         for (topic, len) in &lengths {
             table(&txn, &mut topics, TOPICS)?
@@ -773,5 +829,138 @@ mod tests {
         offs.sort();
         assert_eq!(offs, (0..50).collect::<Vec<u64>>());
         assert_eq!(store.topic_len("t").unwrap(), 50);
+    }
+
+    /// Log entries of `topic`: (first offset, records in the entry).
+    fn entries(store: &Store, topic: &str) -> Vec<(u64, usize)> {
+        let txn = store.inner.db.begin_read().unwrap();
+        let table = txn.open_table(LOG).unwrap();
+        table
+            .range((topic, 0)..(topic, u64::MAX))
+            .unwrap()
+            .map(|item| {
+                let (k, v) = item.unwrap();
+                (k.value().1, codec::records(v.value()).unwrap().len())
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_commit_writes_each_topic_as_chunks_read_from_any_offset() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let big = |id: String| Event {
+            data: format!("{{\"pad\":\"{}\"}}", "x".repeat(1000)),
+            ..ev(&id)
+        };
+        // 300 records of about 1 KiB to `t` among others to `u`: more than
+        // one chunk's worth in one write, then small writes after it.
+        let mut appends = Vec::new();
+        for i in 0..300 {
+            appends.push(("t".to_string(), big(format!("t{i}"))));
+            if i % 100 == 0 {
+                appends.push(("u".to_string(), ev(&format!("u{i}"))));
+            }
+        }
+        let offs = store
+            .write(WriteBatch {
+                appends,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(offs.iter().filter(|&&o| o == 0).count(), 2);
+        for (i, topic) in [(300, "t"), (301, "t"), (302, "u")] {
+            let offs = store
+                .write(WriteBatch {
+                    appends: vec![(topic.into(), big(format!("{topic}{i}")))],
+                    ..Default::default()
+                })
+                .await
+                .unwrap();
+            assert_eq!(offs.len(), 1);
+        }
+        let t = entries(&store, "t");
+        assert!(t.len() < 12, "300 records in a few chunks: {t:?}");
+        assert!(t.len() >= 5, "chunks are bounded in size: {t:?}");
+        assert_eq!(t.iter().map(|e| e.1).sum::<usize>(), 302);
+        assert_eq!(entries(&store, "u"), vec![(0, 3), (3, 1)]);
+
+        for from in 0..=303u64 {
+            for limit in [1, 7, 1000] {
+                if limit == 1000 && from % 17 != 0 {
+                    continue;
+                }
+                let got: Vec<(u64, String)> = store
+                    .read("t", from, limit)
+                    .unwrap()
+                    .into_iter()
+                    .map(|r| (r.offset, r.event.id))
+                    .collect();
+                let want: Vec<(u64, String)> = (from..302.min(from + limit as u64))
+                    .map(|o| (o, format!("t{o}")))
+                    .collect();
+                assert_eq!(got, want, "from {from} limit {limit}");
+            }
+        }
+        assert!(store.read("t", 5, 0).unwrap().is_empty());
+        let u: Vec<String> = store
+            .read("u", 1, 10)
+            .unwrap()
+            .into_iter()
+            .map(|r| r.event.id)
+            .collect();
+        assert_eq!(u, vec!["u100", "u200", "u302"]);
+    }
+
+    #[tokio::test]
+    async fn entries_written_one_record_each_or_as_json_are_still_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        // A log as earlier versions wrote it: an entry per record, some of
+        // them JSON, next to a chunk.
+        let (a, b, c, d) = (ev("a"), ev("b"), ev("c"), ev("d"));
+        let txn = store.inner.db.begin_write().unwrap();
+        {
+            let mut log = txn.open_table(LOG).unwrap();
+            let json = serde_json::to_vec(&a).unwrap();
+            log.insert(("old", 0), json.as_slice()).unwrap();
+            let (eb, ec) = (codec::encode(&b), codec::encode(&c));
+            log.insert(("old", 1), codec::entry(&[&eb, &ec]).as_slice())
+                .unwrap();
+            log.insert(("old", 3), codec::encode(&d).as_slice())
+                .unwrap();
+            txn.open_table(TOPICS).unwrap().insert("old", 4).unwrap();
+        }
+        txn.commit().unwrap();
+        let ids = |from, limit| -> Vec<(u64, String)> {
+            store
+                .read("old", from, limit)
+                .unwrap()
+                .into_iter()
+                .map(|r| (r.offset, r.event.id))
+                .collect()
+        };
+        assert_eq!(
+            ids(0, 10),
+            vec![
+                (0, "a".into()),
+                (1, "b".into()),
+                (2, "c".into()),
+                (3, "d".into())
+            ]
+        );
+        assert_eq!(ids(2, 1), vec![(2, "c".into())]);
+        assert_eq!(ids(3, 5), vec![(3, "d".into())]);
+        assert!(ids(4, 5).is_empty());
+        let offs = store
+            .write(WriteBatch {
+                appends: vec![("old".into(), ev("e")), ("old".into(), ev("f"))],
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(offs, vec![4, 5]);
+        assert_eq!(ids(3, 2), vec![(3, "d".into()), (4, "e".into())]);
     }
 }

@@ -130,8 +130,15 @@ struct Job {
     batch: WriteBatch,
     /// `batch.appends` encoded by the caller, off the writer thread.
     encoded: Vec<Vec<u8>>,
-    reply: oneshot::Sender<Result<Vec<u64>, StoreError>>,
+    reply: oneshot::Sender<Reply>,
 }
+
+/// The outcome of a job, with the job's buffers: the caller frees them on
+/// its own thread. Freed on the writer thread, every block was a
+/// cross-thread free (slower in the allocator, and the allocating thread
+/// pays again to collect it), on the one thread every write waits for.
+type Reply = (Result<Vec<u64>, StoreError>, Spent);
+type Spent = (WriteBatch, Vec<Vec<u8>>);
 
 /// A handle to the store; cheap to clone.
 #[derive(Clone)]
@@ -224,7 +231,9 @@ impl Store {
             })
             .map_err(|_| StoreError::Closed)?;
         }
-        rx.await.map_err(|_| StoreError::Closed)?
+        let (result, spent) = rx.await.map_err(|_| StoreError::Closed)?;
+        drop(spent);
+        result
     }
 
     /// Up to `limit` records of `topic` from offset `from`.
@@ -430,7 +439,7 @@ fn writer_loop(db: &Database, rx: mpsc::Receiver<Job>, inner: std::sync::Weak<In
         match commit(db, &jobs) {
             Ok((offsets, lengths)) => {
                 for (job, offs) in jobs.into_iter().zip(offsets) {
-                    let _ = job.reply.send(Ok(offs));
+                    let _ = job.reply.send((Ok(offs), (job.batch, job.encoded)));
                 }
                 if let Some(inner) = inner.upgrade() {
                     if !lengths.is_empty() {
@@ -447,14 +456,17 @@ fn writer_loop(db: &Database, rx: mpsc::Receiver<Job>, inner: std::sync::Weak<In
             Err(e) => {
                 tracing::error!(error = %e, jobs = jobs.len(), "store commit failed");
                 for job in jobs {
-                    let _ = job.reply.send(Err(StoreError::Write(e.clone())));
+                    let _ = job
+                        .reply
+                        .send((Err(StoreError::Write(e.clone())), (job.batch, job.encoded)));
                 }
             }
         }
     }
 }
 
-type Committed = (Vec<Vec<u64>>, HashMap<String, u64>);
+/// Each job's offsets, and the new length of each topic appended to.
+type Committed = (Vec<Vec<u64>>, Vec<(String, u64)>);
 
 /// Writes `t` as the input's entry for its writer; the JSON is put
 /// together from pre-serialised parts, to keep the writer thread's work small.
@@ -541,7 +553,7 @@ fn commit(db: &Database, jobs: &[Job]) -> Result<Committed, String> {
     let mut txn = db.begin_write().map_err(|e| s(&e))?;
     txn.set_durability(Durability::Immediate)
         .map_err(|e| s(&e))?;
-    let mut lengths: HashMap<String, u64> = HashMap::new();
+    let mut lengths: HashMap<&str, u64> = HashMap::new();
     let mut offsets = Vec::with_capacity(jobs.len());
     // Per topic, the offset of its first append in this commit and the
     // records from there on, written as chunks at the end.
@@ -553,7 +565,7 @@ fn commit(db: &Database, jobs: &[Job]) -> Result<Committed, String> {
             let b = &job.batch;
             let mut offs = Vec::with_capacity(b.appends.len());
             for ((topic, _), bytes) in b.appends.iter().zip(&job.encoded) {
-                let next = match lengths.get(topic) {
+                let next = match lengths.get(topic.as_str()) {
                     Some(n) => *n,
                     None => table(&txn, &mut topics, TOPICS)?
                         .get(topic.as_str())
@@ -566,7 +578,7 @@ fn commit(db: &Database, jobs: &[Job]) -> Result<Committed, String> {
                     .or_insert_with(|| (next, Vec::new()))
                     .1
                     .push(bytes.as_slice());
-                lengths.insert(topic.clone(), next + 1);
+                lengths.insert(topic, next + 1);
                 offs.push(next);
             }
             for t in &b.traces {
@@ -621,11 +633,15 @@ fn commit(db: &Database, jobs: &[Job]) -> Result<Committed, String> {
         }
         for (topic, len) in &lengths {
             table(&txn, &mut topics, TOPICS)?
-                .insert(topic.as_str(), *len)
+                .insert(*topic, *len)
                 .map_err(|e| s(&e))?;
         }
     }
     txn.commit().map_err(|e| s(&e))?;
+    let lengths = lengths
+        .into_iter()
+        .map(|(topic, len)| (topic.to_owned(), len))
+        .collect();
     Ok((offsets, lengths))
 }
 

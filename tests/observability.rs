@@ -187,6 +187,25 @@ fn metrics_count_exactly_what_happened() {
     assert_eq!(total("switchyard_events_in_total"), 5.0);
     assert_eq!(total("switchyard_events_out_total"), 3.0);
     assert_eq!(total("switchyard_dead_lettered_total"), 2.0);
+    // The store: each accepted request was a write of its own, the
+    // pipeline's batches more; a commit folds in one write or more, and
+    // none failed.
+    let store = |name: &str, outcome: &str| {
+        m.get(&format!(
+            "switchyard_store_{name}_duration_seconds_count{{outcome=\"{outcome}\"}}"
+        ))
+        .copied()
+    };
+    let (writes, commits) = (store("write", "ok"), store("commit", "ok"));
+    assert!(writes.is_some_and(|w| w >= 6.0), "{writes:?}");
+    assert!(
+        commits.is_some_and(|c| c >= 1.0 && Some(c) <= writes),
+        "{commits:?}"
+    );
+    assert_eq!(
+        (store("write", "error"), store("commit", "error")),
+        (Some(0.0), Some(0.0))
+    );
 
     // A reload is counted by outcome.
     let reloaded = "switchyard_reloads_total{kind=\"plugin\",outcome=\"ok\"}";

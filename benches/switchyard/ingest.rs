@@ -92,8 +92,32 @@ fn pcts(v: &[Duration]) -> [String; 3] {
 /// The rates each mode runs at; infinity is closed-loop saturation.
 const RATES: [f64; 3] = [1_000.0, 10_000.0, f64::INFINITY];
 
-/// One rate: (achieved events/s, the router's CPU in cores, latencies). With `direct`, the outputs are
-/// written with the input before the 202, so "output durable" is the ack.
+/// Store commits, their total time and writes so far (the process's
+/// metrics registry).
+fn store_counts() -> (u64, Duration, u64) {
+    let m = switchyard::obs::metrics();
+    let commits = m.store_commits.series(["ok"]);
+    (
+        commits.count(),
+        commits.sum(),
+        m.store_writes.series(["ok"]).count(),
+    )
+}
+
+/// What one rate measured.
+struct Measured {
+    achieved: f64,
+    /// The router's CPU, in cores.
+    cores: f64,
+    commits_per_sec: f64,
+    writes_per_commit: f64,
+    /// The share of the time the store's writer thread spent committing.
+    writer_busy: f64,
+    latencies: Latencies,
+}
+
+/// One rate. With `direct`, the outputs are written with the input before
+/// the 202, so "output durable" is the ack.
 async fn measure(
     router: &util::Router,
     reqs: &Arc<Vec<Vec<u8>>>,
@@ -102,9 +126,10 @@ async fn measure(
     secs: u64,
     cursor: &CursorLog,
     direct: bool,
-) -> Result<(f64, f64, Latencies)> {
+) -> Result<Measured> {
     let start = Instant::now();
     let cpu = util::cpu_time();
+    let (commits, committing, writes) = store_counts();
     let (addr, reqs) = (router.addr, reqs.clone());
     let (samples, generator_cpu) = load::apart(move || async move {
         if offered.is_finite() {
@@ -127,12 +152,29 @@ async fn measure(
         .saturating_sub(generator_cpu)
         .as_secs_f64()
         / wall;
+    // Until the pipeline caught up: its commits belong to this rate too.
     caught_up(&router.rt.store).await?;
+    let wall_all = start.elapsed();
+    let (commits, committing, writes) = {
+        let (c, t, w) = store_counts();
+        (
+            (c - commits) as f64,
+            t.saturating_sub(committing),
+            (w - writes) as f64,
+        )
+    };
     let mut l = latencies(&samples, cursor);
     if direct {
         l.durable_out = l.ack.clone();
     }
-    Ok((achieved, router_cores, l))
+    Ok(Measured {
+        achieved,
+        cores: router_cores,
+        commits_per_sec: commits / wall_all.as_secs_f64(),
+        writes_per_commit: if commits > 0.0 { writes / commits } else { 0.0 },
+        writer_busy: committing.as_secs_f64() / wall_all.as_secs_f64(),
+        latencies: l,
+    })
 }
 
 /// The floor under every ingest latency on this machine, measured in the
@@ -241,23 +283,26 @@ pub fn ingest(
                  Batches carry 50 events; their latency is per request. \"direct route\" is the same route with \
                  `delivery = \"direct\"`: the plugin runs inside the request and the input and its outputs are \
                  written in one commit before the 202, so the output is durable at the ack (one commit per \
-                 request group instead of two)."
+                 request group instead of two). \"commits/s\" and \"writes per commit\" are the store's                  (from the router's metrics, until the pipeline caught up): every ingest request and every pipeline                  batch is one write, and a commit folds in every write queued while the one before it ran; \"writer busy\"                  is the share of the time the store's one writer thread spent in commits (durable write included)."
             ),
-            &["mode", "offered events/s", "achieved events/s", "router CPU (cores)", "ack p50 ms", "ack p99 ms", "ack p99.9 ms", "output p50 ms", "output p99 ms", "output p99.9 ms"],
+            &["mode", "offered events/s", "achieved events/s", "router CPU (cores)", "commits/s", "writes per commit", "writer busy", "ack p50 ms", "ack p99 ms", "ack p99.9 ms", "output p50 ms", "output p99 ms", "output p99.9 ms"],
         );
         let mut saturation_single = 0.0;
         let p99_target = |report: &mut Report, figure: &str, l: &[Duration]| {
             let p99 = quantile(l, 0.99);
             report.headline(figure, format!("{} ms", ms(p99)), "≤ 2 ms", Some(p99 <= Duration::from_millis(2)));
         };
-        let row = |s: &mut Section, mode: &str, offered: f64, achieved: f64, cores: f64, l: &Latencies| {
-            let [a50, a99, a999] = pcts(&l.ack);
-            let [o50, o99, o999] = pcts(&l.durable_out);
+        let row = |s: &mut Section, mode: &str, offered: f64, m: &Measured| {
+            let [a50, a99, a999] = pcts(&m.latencies.ack);
+            let [o50, o99, o999] = pcts(&m.latencies.durable_out);
             s.row(vec![
                 mode.into(),
                 if offered.is_finite() { rate(offered) } else { "saturation".into() },
-                rate(achieved),
-                format!("{cores:.2}"),
+                rate(m.achieved),
+                format!("{:.2}", m.cores),
+                rate(m.commits_per_sec),
+                format!("{:.1}", m.writes_per_commit),
+                format!("{:.0} %", m.writer_busy * 100.0),
                 a50, a99, a999, o50, o99, o999,
             ]);
         };
@@ -267,15 +312,15 @@ pub fn ingest(
             load::closed_loop(router.addr, reqs.clone(), Duration::from_millis(300), 8).await?;
             caught_up(&store).await?;
             for offered in RATES {
-                let (achieved, cores, l) = measure(&router, &reqs, batch, offered, secs, &cursor, false).await?;
+                let m = measure(&router, &reqs, batch, offered, secs, &cursor, false).await?;
                 if offered.is_infinite() && batch == 1 {
-                    saturation_single = achieved;
+                    saturation_single = m.achieved;
                 }
                 if offered == 10_000.0 && batch == 1 {
-                    p99_target(report, "ingest p99, request → durable (202), 10k events/s single", &l.ack);
-                    p99_target(report, "ingest p99, request → output durable, 10k events/s single", &l.durable_out);
+                    p99_target(report, "ingest p99, request → durable (202), 10k events/s single", &m.latencies.ack);
+                    p99_target(report, "ingest p99, request → output durable, 10k events/s single", &m.latencies.durable_out);
                 }
-                row(&mut s, mode, offered, achieved, cores, &l);
+                row(&mut s, mode, offered, &m);
             }
         }
         watcher.abort();
@@ -288,11 +333,11 @@ pub fn ingest(
         let reqs = Arc::new(load::bodies(bodies, 1));
         load::closed_loop(router.addr, reqs.clone(), Duration::from_millis(300), 8).await?;
         for offered in RATES {
-            let (achieved, cores, l) = measure(&router, &reqs, 1, offered, secs, &cursor, true).await?;
+            let m = measure(&router, &reqs, 1, offered, secs, &cursor, true).await?;
             if offered == 10_000.0 {
-                p99_target(report, "ingest p99, request → output durable, 10k events/s single, direct route", &l.durable_out);
+                p99_target(report, "ingest p99, request → output durable, 10k events/s single, direct route", &m.latencies.durable_out);
             }
-            row(&mut s, "single, direct route", offered, achieved, cores, &l);
+            row(&mut s, "single, direct route", offered, &m);
         }
         // Every accepted event has its output: the outputs were written
         // with the inputs, not by the pipeline.

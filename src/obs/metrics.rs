@@ -65,6 +65,11 @@ impl Histogram {
     pub fn count(&self) -> u64 {
         self.count.load(Ordering::Relaxed)
     }
+
+    /// The total of what was observed.
+    pub fn sum(&self) -> Duration {
+        Duration::from_nanos(self.sum_nanos.load(Ordering::Relaxed))
+    }
 }
 
 type Bucket<S, const N: usize> = Vec<([Box<str>; N], Arc<S>)>;

@@ -41,6 +41,12 @@ pub struct Metrics {
     pub route_events: Family<Counter, 1>,
     /// Records each route wrote, per topic (the edge route → topic).
     pub route_outputs: Family<Counter, 2>,
+    /// Store commits (one transaction, however many writes it folds in),
+    /// per outcome.
+    pub store_commits: Family<Histogram, 1>,
+    /// Store writes from queueing to durable, per outcome: what a caller
+    /// waits. Writes per commit = this count over `store_commits`'.
+    pub store_writes: Family<Histogram, 1>,
 }
 
 impl Default for Metrics {
@@ -91,6 +97,16 @@ impl Default for Metrics {
                 "Records each route wrote, per topic (dead-letter records included).",
                 ["route", "topic"],
             ),
+            store_commits: Family::new(
+                "switchyard_store_commit_duration_seconds",
+                "Time of one store commit (the transaction and its durable write; it folds in every write queued), per outcome.",
+                ["outcome"],
+            ),
+            store_writes: Family::new(
+                "switchyard_store_write_duration_seconds",
+                "Time from a store write's queueing to the end of its commit (what an ingest request or a pipeline batch waits for durability), per outcome.",
+                ["outcome"],
+            ),
         }
     }
 }
@@ -114,6 +130,8 @@ impl Metrics {
         self.reloads.render(out);
         self.route_events.render(out);
         self.route_outputs.render(out);
+        self.store_commits.render(out);
+        self.store_writes.render(out);
     }
 }
 

@@ -13,6 +13,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, mpsc};
+use std::time::Instant;
 
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 use tokio::sync::{oneshot, watch};
@@ -131,6 +132,8 @@ struct Job {
     /// `batch.appends` encoded by the caller, off the writer thread.
     encoded: Vec<Vec<u8>>,
     reply: oneshot::Sender<Reply>,
+    /// When it was queued (for `switchyard_store_write_duration_seconds`).
+    queued: Instant,
 }
 
 /// The outcome of a job, with the job's buffers: the caller frees them on
@@ -228,6 +231,7 @@ impl Store {
                 batch,
                 encoded,
                 reply,
+                queued: Instant::now(),
             })
             .map_err(|_| StoreError::Closed)?;
         }
@@ -428,6 +432,15 @@ impl Store {
 }
 
 fn writer_loop(db: &Database, rx: mpsc::Receiver<Job>, inner: std::sync::Weak<Inner>) {
+    let m = crate::obs::metrics();
+    let (commit_ok, commit_err) = (
+        m.store_commits.series(["ok"]),
+        m.store_commits.series(["error"]),
+    );
+    let (write_ok, write_err) = (
+        m.store_writes.series(["ok"]),
+        m.store_writes.series(["error"]),
+    );
     while let Ok(first) = rx.recv() {
         let mut jobs = vec![first];
         while jobs.len() < MAX_JOBS_PER_COMMIT {
@@ -436,7 +449,18 @@ fn writer_loop(db: &Database, rx: mpsc::Receiver<Job>, inner: std::sync::Weak<In
                 Err(_) => break,
             }
         }
-        match commit(db, &jobs) {
+        let started = Instant::now();
+        let committed = commit(db, &jobs);
+        let done = Instant::now();
+        let (commits, writes) = match &committed {
+            Ok(_) => (&commit_ok, &write_ok),
+            Err(_) => (&commit_err, &write_err),
+        };
+        commits.observe(done - started);
+        for job in &jobs {
+            writes.observe(done.saturating_duration_since(job.queued));
+        }
+        match committed {
             Ok((offsets, lengths)) => {
                 for (job, offs) in jobs.into_iter().zip(offsets) {
                     let _ = job.reply.send((Ok(offs), (job.batch, job.encoded)));
@@ -820,6 +844,27 @@ mod tests {
             .map(|(k, _)| k)
             .collect();
         assert_eq!(keys, vec!["held/a", "held/b"]);
+    }
+
+    #[tokio::test]
+    async fn commits_and_writes_are_timed() {
+        let m = crate::obs::metrics();
+        let count = |f: &crate::obs::Family<crate::obs::Histogram, 1>| f.series(["ok"]).count();
+        let (commits, writes) = (count(&m.store_commits), count(&m.store_writes));
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        for i in 0..3 {
+            store
+                .write(WriteBatch {
+                    appends: vec![("t".into(), ev(&i.to_string()))],
+                    ..Default::default()
+                })
+                .await
+                .unwrap();
+        }
+        // Other tests write at the same time: at least ours were counted.
+        assert!(count(&m.store_commits) >= commits + 3);
+        assert!(count(&m.store_writes) >= writes + 3);
     }
 
     #[tokio::test]

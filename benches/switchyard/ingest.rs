@@ -283,7 +283,10 @@ pub fn ingest(
                  Batches carry 50 events; their latency is per request. \"direct route\" is the same route with \
                  `delivery = \"direct\"`: the plugin runs inside the request and the input and its outputs are \
                  written in one commit before the 202, so the output is durable at the ack (one commit per \
-                 request group instead of two). \"commits/s\" and \"writes per commit\" are the store's                  (from the router's metrics, until the pipeline caught up): every ingest request and every pipeline                  batch is one write, and a commit folds in every write queued while the one before it ran; \"writer busy\"                  is the share of the time the store's one writer thread spent in commits (durable write included)."
+                 request group instead of two). \"commits/s\" and \"writes per commit\" are the store's \
+                 (from the router's metrics, until the pipeline caught up): every ingest request and every pipeline \
+                 batch is one write, and a commit folds in every write queued while the one before it ran; \"writer busy\" \
+                 is the share of the time the store's one writer thread spent in commits (durable write included)."
             ),
             &["mode", "offered events/s", "achieved events/s", "router CPU (cores)", "commits/s", "writes per commit", "writer busy", "ack p50 ms", "ack p99 ms", "ack p99.9 ms", "output p50 ms", "output p99 ms", "output p99.9 ms"],
         );

@@ -67,12 +67,9 @@ pub fn records(entry: &[u8]) -> Result<Vec<&[u8]>, String> {
     let mut out = Vec::with_capacity(usize::try_from(n).unwrap_or(0).min(rest.len() / 2));
     for i in 0..n {
         let len = r.len("a chunk record's length")?;
-        let len = usize::try_from(len)
-            .ok()
-            .filter(|&l| l <= r.b.len())
+        let rec = r
+            .take(len)
             .ok_or_else(|| format!("record {i} of the chunk runs past its end"))?;
-        let (rec, tail) = r.b.split_at(len);
-        r.b = tail;
         out.push(rec);
     }
     if !r.b.is_empty() {
@@ -166,7 +163,7 @@ struct Reader<'a> {
     b: &'a [u8],
 }
 
-impl Reader<'_> {
+impl<'a> Reader<'a> {
     fn event(mut self) -> Result<Event, String> {
         let ev = Event {
             id: self.string("id")?,
@@ -211,13 +208,18 @@ impl Reader<'_> {
         Err(format!("length of {what} is too long"))
     }
 
-    fn bytes(&mut self, n: u64, what: &str) -> Result<String, String> {
-        let n = usize::try_from(n)
-            .ok()
-            .filter(|&n| n <= self.b.len())
-            .ok_or_else(|| format!("{what} runs past the end of the record"))?;
+    /// The next `n` bytes, or `None` if fewer are left.
+    fn take(&mut self, n: u64) -> Option<&'a [u8]> {
+        let n = usize::try_from(n).ok().filter(|&n| n <= self.b.len())?;
         let (s, rest) = self.b.split_at(n);
         self.b = rest;
+        Some(s)
+    }
+
+    fn bytes(&mut self, n: u64, what: &str) -> Result<String, String> {
+        let s = self
+            .take(n)
+            .ok_or_else(|| format!("{what} runs past the end of the record"))?;
         String::from_utf8(s.to_vec()).map_err(|e| format!("{what} is not UTF-8: {e}"))
     }
 

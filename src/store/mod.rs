@@ -650,8 +650,15 @@ fn commit(db: &Database, jobs: &[Job]) -> Result<Committed, String> {
             let log = table(&txn, &mut log, LOG)?;
             let mut offset = *first;
             for chunk in chunks(records) {
-                log.insert((*topic, offset), codec::entry(chunk).as_slice())
-                    .map_err(|e| s(&e))?;
+                let joined;
+                let entry: &[u8] = match chunk {
+                    [one] => one,
+                    _ => {
+                        joined = codec::entry(chunk);
+                        &joined
+                    }
+                };
+                log.insert((*topic, offset), entry).map_err(|e| s(&e))?;
                 offset += chunk.len() as u64;
             }
         }

@@ -33,9 +33,9 @@ use crate::event::Event;
 const TAG: u8 = 0x01;
 /// First byte of a chunk of records.
 const CHUNK: u8 = 0x02;
-/// A chunk is closed once its records reach this many bytes: small enough
-/// that reading one record of it stays cheap, large enough that a batch of
-/// outputs is a handful of entries.
+/// A chunk holds at most this many bytes of records (or one larger record):
+/// small enough that reading one record of it stays cheap, large enough
+/// that a batch of outputs is a handful of entries.
 pub const CHUNK_BYTES: usize = 64 * 1024;
 
 /// The log entry for consecutive `records` (each from [`encode`]): the
@@ -63,8 +63,9 @@ pub fn records(entry: &[u8]) -> Result<Vec<&[u8]>, String> {
     };
     let mut r = Reader { b: rest };
     let n = r.len("the chunk's record count")?;
-    // Every record takes at least two bytes: a cap on what `n` may claim.
-    let mut out = Vec::with_capacity(usize::try_from(n).unwrap_or(0).min(rest.len() / 2));
+    // Each record takes at least its length byte: `n` cannot claim more
+    // records than there are bytes (a cap on the allocation).
+    let mut out = Vec::with_capacity(usize::try_from(n).unwrap_or(0).min(rest.len()));
     for i in 0..n {
         let len = r.len("a chunk record's length")?;
         let rec = r

@@ -134,8 +134,6 @@ pub fn bodies(events: &[String], batch: usize) -> Vec<Vec<u8>> {
         .collect()
 }
 
-/// Sends `bodies` (cycling) at `per_second` requests for `duration` over
-/// `conns` connections; every request must be answered 202.
 /// Runs the load generator `f` makes on a thread and runtime of its own, as
 /// a separate client process would: its tasks then never queue behind the
 /// router's on the router's workers, nor the router's behind them. Returns
@@ -162,6 +160,8 @@ where
         .context("load generator thread ended without an answer")?
 }
 
+/// Sends `bodies` (cycling) at `per_second` requests for `duration` over
+/// `conns` connections; every request must be answered 202.
 pub async fn open_loop(
     addr: SocketAddr,
     bodies: Arc<Vec<Vec<u8>>>,

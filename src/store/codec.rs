@@ -25,6 +25,7 @@
 //! costs a few B-tree inserts instead of 256 (each of which copied its leaf
 //! page). An entry that is one record is that record, in either layout.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 use crate::event::Event;
@@ -39,10 +40,10 @@ const CHUNK: u8 = 0x02;
 pub const CHUNK_BYTES: usize = 64 * 1024;
 
 /// The log entry for consecutive `records` (each from [`encode`]): the
-/// record itself if there is one, else a chunk.
-pub fn entry(records: &[&[u8]]) -> Vec<u8> {
+/// record itself (borrowed, not copied) if there is one, else a chunk.
+pub fn entry<'r>(records: &[&'r [u8]]) -> Cow<'r, [u8]> {
     if let [one] = records {
-        return one.to_vec();
+        return Cow::Borrowed(one);
     }
     let len: usize = records.iter().map(|r| r.len() + 4).sum();
     let mut b = Vec::with_capacity(8 + len);
@@ -52,7 +53,7 @@ pub fn entry(records: &[&[u8]]) -> Vec<u8> {
         put_len(&mut b, r.len() as u64);
         b.extend_from_slice(r);
     }
-    b
+    Cow::Owned(b)
 }
 
 /// The records of a log entry, in order, as their encoded bytes (for
@@ -314,7 +315,7 @@ mod tests {
         let mut a = ev();
         let one = encode(&a);
         // One record is stored as itself.
-        assert_eq!(entry(&[one.as_slice()]), one);
+        assert_eq!(*entry(&[one.as_slice()]), *one);
         assert_eq!(records(&one).unwrap(), vec![one.as_slice()]);
         a.id = "e-2".into();
         let two = encode(&a);
@@ -334,7 +335,7 @@ mod tests {
         for cut in 1..chunk.len() {
             assert!(records(&chunk[..cut]).is_err(), "cut at {cut}");
         }
-        let mut extra = chunk.clone();
+        let mut extra = chunk.to_vec();
         extra.push(0);
         assert!(records(&extra).unwrap_err().contains("after the chunk"));
         assert!(records(&[CHUNK, 0]).unwrap_err().contains("empty chunk"));

@@ -650,15 +650,8 @@ fn commit(db: &Database, jobs: &[Job]) -> Result<Committed, String> {
             let log = table(&txn, &mut log, LOG)?;
             let mut offset = *first;
             for chunk in chunks(records) {
-                let joined;
-                let entry: &[u8] = match chunk {
-                    [one] => one,
-                    _ => {
-                        joined = codec::entry(chunk);
-                        &joined
-                    }
-                };
-                log.insert((*topic, offset), entry).map_err(|e| s(&e))?;
+                log.insert((*topic, offset), &*codec::entry(chunk))
+                    .map_err(|e| s(&e))?;
                 offset += chunk.len() as u64;
             }
         }
@@ -994,8 +987,7 @@ mod tests {
             let json = serde_json::to_vec(&a).unwrap();
             log.insert(("old", 0), json.as_slice()).unwrap();
             let (eb, ec) = (codec::encode(&b), codec::encode(&c));
-            log.insert(("old", 1), codec::entry(&[&eb, &ec]).as_slice())
-                .unwrap();
+            log.insert(("old", 1), &*codec::entry(&[&eb, &ec])).unwrap();
             log.insert(("old", 3), codec::encode(&d).as_slice())
                 .unwrap();
             txn.open_table(TOPICS).unwrap().insert("old", 4).unwrap();

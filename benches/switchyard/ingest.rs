@@ -92,18 +92,6 @@ fn pcts(v: &[Duration]) -> [String; 3] {
 /// The rates each mode runs at; infinity is closed-loop saturation.
 const RATES: [f64; 3] = [1_000.0, 10_000.0, f64::INFINITY];
 
-/// Store commits, their total time and writes so far (the process's
-/// metrics registry).
-fn store_counts() -> (u64, Duration, u64) {
-    let m = switchyard::obs::metrics();
-    let commits = m.store_commits.series(["ok"]);
-    (
-        commits.count(),
-        commits.sum(),
-        m.store_writes.series(["ok"]).count(),
-    )
-}
-
 /// What one rate measured.
 struct Measured {
     achieved: f64,
@@ -129,7 +117,7 @@ async fn measure(
 ) -> Result<Measured> {
     let start = Instant::now();
     let cpu = util::cpu_time();
-    let (commits, committing, writes) = store_counts();
+    let (commits, committing, writes) = util::store_counts();
     let (addr, reqs) = (router.addr, reqs.clone());
     let (samples, generator_cpu) = load::apart(move || async move {
         if offered.is_finite() {
@@ -156,7 +144,7 @@ async fn measure(
     caught_up(&router.rt.store).await?;
     let wall_all = start.elapsed();
     let (commits, committing, writes) = {
-        let (c, t, w) = store_counts();
+        let (c, t, w) = util::store_counts();
         (
             (c - commits) as f64,
             t.saturating_sub(committing),

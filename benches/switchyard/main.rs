@@ -130,7 +130,9 @@ fn main() -> Result<()> {
         // --profile-setup) / N under `valgrind --tool=callgrind`; see
         // BENCHMARKS.md.
         let (evs, rt) = (profile_events(n), util::current_thread()?);
-        let eps = rt.block_on(stage::pipeline_rate(&evs, 1, args.profile_setup))?;
+        let eps = rt
+            .block_on(stage::pipeline_rate(&evs, 1, args.profile_setup))?
+            .events_per_sec;
         println!("{n} events through the pipeline: {eps:.0} events/s");
         return Ok(());
     }

@@ -447,25 +447,41 @@ pub fn scaling(report: &mut Report, events: &[Event], quick: bool) -> Result<()>
         &format!(
             "`Pipeline::run` of a router with the domain-fanout route draining {n} events already in the input \
              topic; the async runtime's worker threads and `router.workers` set alike. The machine has {} cores \
-             shared with other work.",
+             shared with other work. \"CPU\" is the process's (user and system) over the wall time; \"writer busy\" is \
+             the share of the wall time the store's one writer thread spent in commits (from the router's \
+             metrics), which all workers' batches go through.",
             std::thread::available_parallelism()
                 .map(|n| n.get())
                 .unwrap_or(1)
         ),
-        &["threads", "events/s", "× 1 thread"],
+        &[
+            "threads",
+            "events/s",
+            "× 1 thread",
+            "CPU (cores)",
+            "commits",
+            "writer busy",
+        ],
     );
     let mut base = 0.0;
     for threads in [1usize, 2] {
         let rt = util::threads(threads)?;
-        let eps = rt.block_on(pipeline_rate(&events[..n], threads, false))?;
+        let r = rt.block_on(pipeline_rate(&events[..n], threads, false))?;
         if threads == 1 {
-            base = eps;
+            base = r.events_per_sec;
         }
-        s.row(vec![threads.to_string(), rate(eps), ratio(eps / base)]);
+        s.row(vec![
+            threads.to_string(),
+            rate(r.events_per_sec),
+            ratio(r.events_per_sec / base),
+            format!("{:.2}", r.cores),
+            r.commits.to_string(),
+            format!("{:.0} %", r.writer_busy * 100.0),
+        ]);
         if threads == 2 {
             report.headline(
                 "pipeline events/s, 2 threads vs 1",
-                ratio(eps / base),
+                ratio(r.events_per_sec / base),
                 "–",
                 None,
             );
@@ -475,8 +491,23 @@ pub fn scaling(report: &mut Report, events: &[Event], quick: bool) -> Result<()>
     Ok(())
 }
 
+/// What one drain of the real pipeline measured.
+pub struct PipelineRun {
+    pub events_per_sec: f64,
+    /// The process's CPU over the wall time.
+    pub cores: f64,
+    /// Store commits during the drain.
+    pub commits: u64,
+    /// The share of the wall time the store's writer spent committing.
+    pub writer_busy: f64,
+}
+
 /// Events/s of the real pipeline over `events`, with `workers` keys at once.
-pub async fn pipeline_rate(events: &[Event], workers: usize, setup_only: bool) -> Result<f64> {
+pub async fn pipeline_rate(
+    events: &[Event],
+    workers: usize,
+    setup_only: bool,
+) -> Result<PipelineRun> {
     let tmp = tempfile::tempdir()?;
     let (_, cfg) = util::write_config(
         tmp.path(),
@@ -488,7 +519,12 @@ pub async fn pipeline_rate(events: &[Event], workers: usize, setup_only: bool) -
     seed(&rt.store, events).await?;
     if setup_only {
         rt.store.close();
-        return Ok(0.0);
+        return Ok(PipelineRun {
+            events_per_sec: 0.0,
+            cores: 0.0,
+            commits: 0,
+            writer_busy: 0.0,
+        });
     }
     let pipeline = Pipeline::new(
         rt.store.clone(),
@@ -498,7 +534,8 @@ pub async fn pipeline_rate(events: &[Event], workers: usize, setup_only: bool) -
         &rt.config.router,
     );
     let (stop, rx) = tokio::sync::watch::channel(false);
-    let start = Instant::now();
+    let (commits, committing, _) = util::store_counts();
+    let (start, cpu) = (Instant::now(), cpu_time());
     let task = tokio::spawn(pipeline.run(rx));
     let n = events.len() as u64;
     let store = rt.store.clone();
@@ -506,9 +543,16 @@ pub async fn pipeline_rate(events: &[Event], workers: usize, setup_only: bool) -
         store.cursor("router").unwrap_or(0) >= n
     })
     .await?;
-    let eps = n as f64 / start.elapsed().as_secs_f64();
+    let wall = start.elapsed().as_secs_f64();
+    let cpu = cpu_time().saturating_sub(cpu).as_secs_f64();
+    let (c, t, _) = util::store_counts();
     let _ = stop.send(true);
     task.await?;
     rt.store.close();
-    Ok(eps)
+    Ok(PipelineRun {
+        events_per_sec: n as f64 / wall,
+        cores: cpu / wall,
+        commits: c - commits,
+        writer_busy: t.saturating_sub(committing).as_secs_f64() / wall,
+    })
 }

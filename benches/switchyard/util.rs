@@ -102,6 +102,18 @@ impl Router {
     }
 }
 
+/// Store commits, their total time and writes so far (the process's
+/// metrics registry).
+pub fn store_counts() -> (u64, Duration, u64) {
+    let m = switchyard::obs::metrics();
+    let commits = m.store_commits.series(["ok"]);
+    (
+        commits.count(),
+        commits.sum(),
+        m.store_writes.series(["ok"]).count(),
+    )
+}
+
 /// Polls `f` every millisecond until it holds or `deadline` passes.
 pub async fn wait_until(deadline: Duration, mut f: impl FnMut() -> bool) -> Result<()> {
     let end = Instant::now() + deadline;

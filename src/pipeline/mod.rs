@@ -20,7 +20,7 @@ mod kv;
 pub mod replay;
 mod stage;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -46,6 +46,20 @@ const COMMIT_RETRY: Duration = Duration::from_millis(500);
 /// Longest run of batches committed back to back under the gate before it
 /// is let go: bounds how long a reload or a replay waits for it.
 const CHAIN_FOR: Duration = Duration::from_millis(50);
+
+/// Most batch writes of the pipeline queued at once while it processes the
+/// next batch: the writer folds those queued together into one commit.
+const WRITES_IN_FLIGHT: usize = 3;
+
+/// A batch write queued and not yet answered.
+struct Queued {
+    write: crate::store::Queued,
+    /// The cursor it moves on from, and to.
+    from: u64,
+    to: u64,
+    /// What to count once it is written.
+    tally: crate::obs::Tally,
+}
 
 /// Shared, swappable route table (reload replaces the `Arc`).
 pub type Routes = Arc<RwLock<Arc<RouteTable>>>;
@@ -198,11 +212,15 @@ impl Pipeline {
     }
 
     /// Processes and commits `first`, then the batches after it for up to
-    /// [`CHAIN_FOR`]: while a batch's write is in the writer thread, the
-    /// next batch is processed, when it cannot depend on that write (the
-    /// batch changes no plugin state and no held key, so the next one reads
-    /// the same state from the store either way). Its write is queued only
-    /// after the one before it committed. Returns true when told to stop.
+    /// [`CHAIN_FOR`]. A batch's write is queued as soon as it is processed,
+    /// and the next batch is processed while up to [`WRITES_IN_FLIGHT`]
+    /// writes are in the writer thread, when it cannot depend on them (a
+    /// batch that changes no plugin state and no held key: the next one
+    /// reads the same state from the store either way). Each write moves
+    /// the cursor on only from where the one before it left it
+    /// (`WriteBatch::cursor_at`), so if one fails, the ones queued after it
+    /// write nothing, and the consumer starts again from the cursor in the
+    /// store. Returns true when told to stop.
     async fn commit_chain(
         &self,
         first: Arc<Vec<Record>>,
@@ -211,72 +229,92 @@ impl Pipeline {
     ) -> bool {
         let started = std::time::Instant::now();
         let mut current = first;
-        let mut processed = None;
-        loop {
-            let Some(last) = current.last().map(|r| r.offset) else {
-                return false;
-            };
-            let done = match processed.take() {
-                Some(done) => Ok(done),
-                None => self.process(&current).await,
-            };
-            let (mut batch, tally) = match done {
+        let mut queued: VecDeque<Queued> = VecDeque::new();
+        // Where the cursor will be once every queued write is in.
+        let mut queued_to = *cursor;
+        while let Some(last) = current.last().map(|r| r.offset) {
+            let (mut batch, tally) = match self.process(&current).await {
                 Ok(done) => done,
                 Err(e) => {
-                    tracing::error!(error = %e, from = *cursor, to = last, "batch failed, will retry");
-                    if wait_or_stop(shutdown, COMMIT_RETRY).await {
-                        return true;
-                    }
-                    continue;
+                    tracing::error!(error = %e, from = queued_to, to = last, "batch failed, will retry");
+                    // Whatever was queued before it stands on its own.
+                    self.settle(&mut queued, 0, cursor).await;
+                    return wait_or_stop(shutdown, COMMIT_RETRY).await;
                 }
             };
             let independent =
                 batch.kv.is_empty() && batch.meta.is_empty() && batch.drop_namespaces.is_empty();
             batch.cursors.push((self.consumer.clone(), last + 1));
-            let store = self.store.clone();
-            let write = tokio::spawn(async move { store.write(batch).await });
-            let next = if independent && started.elapsed() < CHAIN_FOR && !*shutdown.borrow() {
-                self.store
-                    .read(&self.input, last + 1, self.batch_size)
-                    .ok()
-                    .filter(|r| !r.is_empty())
-                    .map(Arc::new)
-            } else {
-                None
-            };
-            let (written, next_done) = match &next {
-                Some(n) => {
-                    let (w, d) = tokio::join!(write, self.process(n));
-                    (w, d.ok())
+            batch.cursor_at = Some((self.consumer.clone(), queued_to));
+            // Queued here, in order: writes queued from tasks of their own
+            // could reach the writer in another.
+            let write = match self.store.queue(batch) {
+                Ok(w) => w,
+                Err(e) => {
+                    tracing::error!(error = %e, from = queued_to, to = last, "batch commit failed, will retry");
+                    self.settle(&mut queued, 0, cursor).await;
+                    return wait_or_stop(shutdown, COMMIT_RETRY).await;
                 }
-                None => (write.await, None),
             };
-            let failure = match written {
-                Ok(Ok(_)) => None,
-                Ok(Err(e)) => Some(e.to_string()),
-                Err(e) => Some(format!("store write task failed: {e}")),
-            };
-            if let Some(e) = failure {
-                // Nothing of the batch was written; its state view is gone
-                // with it, and the next batch (processed over it) is dropped.
-                // Run it again from the same state.
-                tracing::error!(error = %e, from = *cursor, to = last, "batch commit failed, will retry");
-                if wait_or_stop(shutdown, COMMIT_RETRY).await {
-                    return true;
-                }
-                continue;
+            let from = queued_to;
+            queued_to = last + 1;
+            queued.push_back(Queued {
+                write,
+                from,
+                to: queued_to,
+                tally,
+            });
+            let go_on = independent && started.elapsed() < CHAIN_FOR && !*shutdown.borrow();
+            let keep = if go_on { WRITES_IN_FLIGHT - 1 } else { 0 };
+            if !self.settle(&mut queued, keep, cursor).await {
+                return wait_or_stop(shutdown, COMMIT_RETRY).await;
             }
-            tally.record();
-            tracing::debug!(from = *cursor, to = last, "batch committed");
-            *cursor = last + 1;
-            match next {
-                Some(n) => {
-                    current = n;
-                    processed = next_done;
-                }
-                None => return false,
+            if !go_on {
+                break;
+            }
+            match self
+                .store
+                .read(&self.input, queued_to, self.batch_size)
+                .ok()
+                .filter(|r| !r.is_empty())
+            {
+                Some(next) => current = Arc::new(next),
+                None => break,
             }
         }
+        if !self.settle(&mut queued, 0, cursor).await {
+            return wait_or_stop(shutdown, COMMIT_RETRY).await;
+        }
+        false
+    }
+
+    /// Waits for the oldest queued writes until at most `keep` are left,
+    /// moving `cursor` past each that is in. If one failed, waits for all
+    /// the rest (which then write nothing), takes the cursor from the store
+    /// and returns false.
+    async fn settle(&self, queued: &mut VecDeque<Queued>, keep: usize, cursor: &mut u64) -> bool {
+        while queued.len() > keep {
+            let Some(q) = queued.pop_front() else { break };
+            let failure = q.write.written().await.err();
+            if let Some(e) = failure {
+                // Nothing of the batch was written; its state view is gone
+                // with it, and the batches queued after it write nothing.
+                tracing::error!(error = %e, from = q.from, to = q.to - 1, "batch commit failed, will retry");
+                for rest in queued.drain(..) {
+                    let _ = rest.write.written().await;
+                }
+                // The store's cursor, in case the failed write is in after
+                // all (a commit can fail after its data is durable).
+                if let Ok(c) = self.store.cursor(&self.consumer) {
+                    *cursor = c;
+                }
+                return false;
+            }
+            q.tally.record();
+            tracing::debug!(from = q.from, to = q.to - 1, "batch committed");
+            *cursor = q.to;
+        }
+        true
     }
 
     fn ctx(&self) -> Ctx {
@@ -653,4 +691,114 @@ async fn wait_or_stop(shutdown: &mut watch::Receiver<bool>, d: Duration) -> bool
         _ = shutdown.changed() => {}
     }
     *shutdown.borrow()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pipeline(store: &Store) -> Pipeline {
+        Pipeline::new(
+            store.clone(),
+            Arc::new(RwLock::new(Arc::new(RouteTable::new(Vec::new())))),
+            Arc::new(tokio::sync::Mutex::new(())),
+            "events",
+            &RouterConfig::default(),
+        )
+    }
+
+    /// A batch write as `commit_chain` queues it: one output, and the
+    /// router cursor moved from `from` to `to`.
+    fn queue(store: &Store, from: u64, to: u64) -> Queued {
+        let batch = WriteBatch {
+            appends: vec![(
+                "out".into(),
+                Event {
+                    id: format!("o{to}"),
+                    event_type: "t".into(),
+                    version: "1".into(),
+                    source: "s".into(),
+                    key: None,
+                    time: "2024-06-11T14:41:22Z".into(),
+                    content_type: "application/json".into(),
+                    data: "{}".into(),
+                    attributes: Default::default(),
+                    traceparent: None,
+                },
+            )],
+            cursors: vec![("router".into(), to)],
+            cursor_at: Some(("router".into(), from)),
+            ..Default::default()
+        };
+        Queued {
+            write: store.queue(batch).unwrap(),
+            from,
+            to,
+            tally: crate::obs::Tally::default(),
+        }
+    }
+
+    #[tokio::test]
+    async fn queued_writes_move_the_cursor_in_order_down_to_what_may_stay_queued() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let p = pipeline(&store);
+        let mut queued: VecDeque<Queued> = [(0, 10), (10, 20), (20, 30)]
+            .map(|(f, t)| queue(&store, f, t))
+            .into();
+        let mut cursor = 0;
+        assert!(p.settle(&mut queued, 1, &mut cursor).await);
+        assert_eq!((queued.len(), cursor), (1, 20));
+        assert!(p.settle(&mut queued, 0, &mut cursor).await);
+        assert_eq!((queued.len(), cursor), (0, 30));
+        assert_eq!(store.cursor("router").unwrap(), 30);
+        assert_eq!(store.topic_len("out").unwrap(), 3);
+    }
+
+    /// Sets the stored router cursor, as another write would have.
+    async fn set_cursor(store: &Store, at: u64) {
+        store
+            .write(WriteBatch {
+                cursors: vec![("router".into(), at)],
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_failed_write_takes_the_writes_queued_after_it_and_the_cursor_comes_from_the_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let p = pipeline(&store);
+        // The chain was queued from 5, but the store's cursor is at 3: its
+        // first write fails (as a failed commit would leave it), and the
+        // ones after it cannot skip over it.
+        set_cursor(&store, 3).await;
+        let mut queued: VecDeque<Queued> = [(5, 10), (10, 20), (20, 30)]
+            .map(|(f, t)| queue(&store, f, t))
+            .into();
+        let mut cursor = 5;
+        assert!(!p.settle(&mut queued, 1, &mut cursor).await);
+        assert!(queued.is_empty(), "the rest was waited for");
+        assert_eq!(cursor, 3, "the cursor is the store's");
+        assert_eq!(store.cursor("router").unwrap(), 3);
+        assert_eq!(
+            store.topic_len("out").unwrap(),
+            0,
+            "nothing of the chain was written"
+        );
+
+        // A first write that failed but is in after all (a commit can fail
+        // after its data is durable): the rest go on from it, and the
+        // consumer carries on from the store's cursor, past all of them.
+        set_cursor(&store, 10).await;
+        let mut queued: VecDeque<Queued> = [(5, 10), (10, 20), (20, 30)]
+            .map(|(f, t)| queue(&store, f, t))
+            .into();
+        let mut cursor = 5;
+        assert!(!p.settle(&mut queued, 0, &mut cursor).await);
+        assert_eq!(cursor, 30);
+        assert_eq!(store.topic_len("out").unwrap(), 2);
+    }
 }

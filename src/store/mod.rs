@@ -58,6 +58,9 @@ pub enum StoreError {
     },
     #[error("store write failed: {0}")]
     Write(String),
+    /// A write's `cursor_at` did not hold: nothing of it was written.
+    #[error("store write refused: {0}")]
+    Conflict(String),
     #[error("store read failed: {0}")]
     Read(String),
     #[error("record {topic}@{offset} is corrupt: {reason}")]
@@ -98,6 +101,13 @@ pub struct WriteBatch {
     pub meta: Vec<(String, Option<Vec<u8>>)>,
     /// Trace entries: what each input of this batch became (see [`Trace`]).
     pub traces: Vec<Trace>,
+    /// Write this batch only if the consumer's cursor is at this offset
+    /// when its turn comes (an absent cursor is at 0); otherwise nothing of
+    /// it is written and the write fails with [`StoreError::Conflict`]. A
+    /// consumer can then queue its next batch (which moves the cursor on
+    /// from where this one leaves it) before this one is answered: if this
+    /// one fails, the next one cannot skip over it.
+    pub cursor_at: Option<(String, u64)>,
 }
 
 /// What an input event became in one write: its `trace` entry.
@@ -142,6 +152,20 @@ struct Job {
 /// pays again to collect it), on the one thread every write waits for.
 type Reply = (Result<Vec<u64>, StoreError>, Spent);
 type Spent = (WriteBatch, Vec<Vec<u8>>);
+
+/// A write in the writer's queue (see [`Store::queue`]).
+#[derive(Debug)]
+pub struct Queued(oneshot::Receiver<Reply>);
+
+impl Queued {
+    /// Waits until the write is durable: the offsets assigned to its
+    /// appends, in order.
+    pub async fn written(self) -> Result<Vec<u64>, StoreError> {
+        let (result, spent) = self.0.await.map_err(|_| StoreError::Closed)?;
+        drop(spent);
+        result
+    }
+}
 
 /// A handle to the store; cheap to clone.
 #[derive(Clone)]
@@ -218,26 +242,31 @@ impl Store {
     /// Writes `batch` atomically and durably; returns the offsets assigned to
     /// its appends, in order.
     pub async fn write(&self, batch: WriteBatch) -> Result<Vec<u64>, StoreError> {
+        self.queue(batch)?.written().await
+    }
+
+    /// Queues `batch` for writing now, behind every write queued before
+    /// it, and returns the wait for its outcome. Writes queued one after
+    /// another by one caller are committed in that order (the writer folds
+    /// those waiting together into one commit), which `write` from spawned
+    /// tasks cannot promise.
+    pub fn queue(&self, batch: WriteBatch) -> Result<Queued, StoreError> {
         let (reply, rx) = oneshot::channel();
         let encoded = batch
             .appends
             .iter()
             .map(|(_, e)| codec::encode(e))
             .collect();
-        {
-            let jobs = lock(&self.inner.jobs);
-            let tx = jobs.as_ref().ok_or(StoreError::Closed)?;
-            tx.send(Job {
-                batch,
-                encoded,
-                reply,
-                queued: Instant::now(),
-            })
-            .map_err(|_| StoreError::Closed)?;
-        }
-        let (result, spent) = rx.await.map_err(|_| StoreError::Closed)?;
-        drop(spent);
-        result
+        let jobs = lock(&self.inner.jobs);
+        let tx = jobs.as_ref().ok_or(StoreError::Closed)?;
+        tx.send(Job {
+            batch,
+            encoded,
+            reply,
+            queued: Instant::now(),
+        })
+        .map_err(|_| StoreError::Closed)?;
+        Ok(Queued(rx))
     }
 
     /// Up to `limit` records of `topic` from offset `from`.
@@ -457,13 +486,16 @@ fn writer_loop(db: &Database, rx: mpsc::Receiver<Job>, inner: std::sync::Weak<In
             Err(_) => (&commit_err, &write_err),
         };
         commits.observe(done - started);
-        for job in &jobs {
-            writes.observe(done.saturating_duration_since(job.queued));
+        for (i, job) in jobs.iter().enumerate() {
+            let refused = matches!(&committed, Ok((offsets, _)) if offsets.get(i).is_some_and(Result::is_err));
+            let series = if refused { &write_err } else { writes };
+            series.observe(done.saturating_duration_since(job.queued));
         }
         match committed {
             Ok((offsets, lengths)) => {
                 for (job, offs) in jobs.into_iter().zip(offsets) {
-                    let _ = job.reply.send((Ok(offs), (job.batch, job.encoded)));
+                    let offs = offs.map_err(StoreError::Conflict);
+                    let _ = job.reply.send((offs, (job.batch, job.encoded)));
                 }
                 if let Some(inner) = inner.upgrade() {
                     if !lengths.is_empty() {
@@ -489,8 +521,9 @@ fn writer_loop(db: &Database, rx: mpsc::Receiver<Job>, inner: std::sync::Weak<In
     }
 }
 
-/// Each job's offsets, and the new length of each topic appended to.
-type Committed = (Vec<Vec<u64>>, Vec<(String, u64)>);
+/// Each job's offsets (or why it was refused, see
+/// [`WriteBatch::cursor_at`]), and the new length of each topic appended to.
+type Committed = (Vec<Result<Vec<u64>, String>>, Vec<(String, u64)>);
 
 /// Writes `t` as the input's entry for its writer; the JSON is put
 /// together from pre-serialised parts, to keep the writer thread's work small.
@@ -587,6 +620,18 @@ fn commit(db: &Database, jobs: &[Job]) -> Result<Committed, String> {
         let (mut kv, mut meta, mut trace) = (None, None, None);
         for job in jobs {
             let b = &job.batch;
+            if let Some((consumer, expected)) = &b.cursor_at {
+                let at = table(&txn, &mut cursors, CURSORS)?
+                    .get(consumer.as_str())
+                    .map_err(|e| s(&e))?
+                    .map_or(0, |v| v.value());
+                if at != *expected {
+                    offsets.push(Err(format!(
+                        "cursor {consumer:?} is at {at}, not {expected}"
+                    )));
+                    continue;
+                }
+            }
             let mut offs = Vec::with_capacity(b.appends.len());
             for ((topic, _), bytes) in b.appends.iter().zip(&job.encoded) {
                 let next = match lengths.get(topic.as_str()) {
@@ -644,7 +689,7 @@ fn commit(db: &Database, jobs: &[Job]) -> Result<Committed, String> {
                 }
                 .map_err(|e| s(&e))?;
             }
-            offsets.push(offs);
+            offsets.push(Ok(offs));
         }
         for (topic, (first, records)) in &appended {
             let log = table(&txn, &mut log, LOG)?;
@@ -844,6 +889,87 @@ mod tests {
             .map(|(k, _)| k)
             .collect();
         assert_eq!(keys, vec!["held/a", "held/b"]);
+    }
+
+    /// A batch that moves cursor `c` from `from` to `to`, appending one
+    /// event to `t`, written only if the cursor is at `from`.
+    fn step(from: u64, to: u64) -> WriteBatch {
+        WriteBatch {
+            appends: vec![("t".into(), ev(&format!("e{to}")))],
+            cursors: vec![("c".into(), to)],
+            cursor_at: Some(("c".into(), from)),
+            ..Default::default()
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn writes_queued_one_after_another_commit_in_that_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        // Batches of different sizes, each moving the cursor on from the
+        // one before, all queued before the first is answered.
+        let chain: Vec<_> = (0..200u64)
+            .map(|i| {
+                let mut b = step(i * 10, i * 10 + 10);
+                b.appends
+                    .extend((0..i % 7 * 20).map(|n| ("u".into(), ev(&n.to_string()))));
+                store.queue(b).unwrap()
+            })
+            .collect();
+        for q in chain {
+            q.written().await.unwrap();
+        }
+        assert_eq!(store.cursor("c").unwrap(), 2000);
+        assert_eq!(store.topic_len("t").unwrap(), 200);
+    }
+
+    #[tokio::test]
+    async fn a_write_is_refused_whole_when_its_cursor_moved_and_so_is_the_chain_after_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        for (from, to) in [(0, 10), (10, 20), (20, 30)] {
+            store.write(step(from, to)).await.unwrap();
+        }
+        assert_eq!(store.cursor("c").unwrap(), 30);
+        assert_eq!(store.topic_len("t").unwrap(), 3);
+
+        // The first of a chain expects the cursor somewhere it is not: it
+        // and every write counting on it write nothing, queued together or
+        // not, while a write of another caller in between goes through.
+        let refused: Vec<_> = [(25, 40), (40, 50)]
+            .into_iter()
+            .map(|(from, to)| store.queue(step(from, to)).unwrap())
+            .collect();
+        store
+            .write(WriteBatch {
+                appends: vec![("other".into(), ev("o"))],
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        let late = store.write(step(50, 60)).await;
+        for q in refused {
+            let e = q.written().await.unwrap_err();
+            assert!(matches!(e, StoreError::Conflict(_)), "{e}");
+        }
+        let e = late.unwrap_err();
+        assert!(
+            e.to_string().contains("cursor \"c\" is at 30, not 50"),
+            "{e}"
+        );
+        assert_eq!(store.cursor("c").unwrap(), 30);
+        assert_eq!(store.topic_len("t").unwrap(), 3);
+        assert_eq!(store.topic_len("other").unwrap(), 1);
+        // An absent cursor is at 0.
+        store
+            .write(WriteBatch {
+                cursors: vec![("new".into(), 5)],
+                cursor_at: Some(("new".into(), 0)),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(store.cursor("new").unwrap(), 5);
     }
 
     #[tokio::test]

@@ -526,29 +526,33 @@ fn writer_loop(db: &Database, rx: mpsc::Receiver<Job>, inner: std::sync::Weak<In
 type Committed = (Vec<Result<Vec<u64>, String>>, Vec<(String, u64)>);
 
 /// Writes `t` as the input's entry for its writer; the JSON is put
-/// together from pre-serialised parts, to keep the writer thread's work small.
+/// together from pre-serialised parts in `b` (reused across a commit's
+/// entries), to keep the writer thread's work small.
 fn write_trace(
     table: &mut redb::Table<(&str, u8), &[u8]>,
+    b: &mut Vec<u8>,
     t: &Trace,
     appends: &[(String, Event)],
     offs: &[u64],
 ) -> Result<(), redb::Error> {
-    use std::io::Write as _;
     let loc = |i: usize| {
         appends
             .get(i)
             .zip(offs.get(i))
             .map(|((topic, _), o)| (topic.as_str(), *o))
     };
-    let quote = |s: &str| serde_json::to_string(s).unwrap_or_default();
-    let mut b: Vec<u8> = Vec::with_capacity(64 + t.outputs.len() * 160);
-    b.extend_from_slice(b"{");
+    b.clear();
+    b.push(b'{');
     let from = t
         .input
         .and_then(loc)
         .or(t.from.as_ref().map(|(t, o)| (t.as_str(), *o)));
     if let Some((topic, offset)) = from {
-        let _ = write!(b, "\"from\":[{},{offset}],", quote(topic));
+        b.extend_from_slice(b"\"from\":[");
+        push_json_str(b, topic);
+        b.push(b',');
+        push_u64(b, offset);
+        b.extend_from_slice(b"],");
     }
     b.extend_from_slice(b"\"links\":[");
     let mut first = true;
@@ -558,7 +562,11 @@ fn write_trace(
                 b.push(b',');
             }
             first = false;
-            let _ = write!(b, "[{},{offset},", quote(topic));
+            b.push(b'[');
+            push_json_str(b, topic);
+            b.push(b',');
+            push_u64(b, offset);
+            b.push(b',');
             b.extend_from_slice(info);
             b.push(b']');
         }
@@ -566,6 +574,33 @@ fn write_trace(
     b.extend_from_slice(b"]}");
     table.insert((t.id.as_str(), t.writer), b.as_slice())?;
     Ok(())
+}
+
+/// Appends `s` as a JSON string: between quotes as it is when nothing in
+/// it needs escaping (topic names never do), through serde_json otherwise.
+fn push_json_str(b: &mut Vec<u8>, s: &str) {
+    if s.bytes().all(|c| c >= 0x20 && c != b'"' && c != b'\\') {
+        b.push(b'"');
+        b.extend_from_slice(s.as_bytes());
+        b.push(b'"');
+    } else {
+        let _ = serde_json::to_writer(&mut *b, s);
+    }
+}
+
+/// Appends `n` in decimal (without `core::fmt`, on the writer thread).
+fn push_u64(b: &mut Vec<u8>, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    b.extend_from_slice(&digits[i..]);
 }
 
 /// The table `def` of `txn`, opened on first use: a commit opens only the
@@ -615,6 +650,7 @@ fn commit(db: &Database, jobs: &[Job]) -> Result<Committed, String> {
     // Per topic, the offset of its first append in this commit and the
     // records from there on, written as chunks at the end.
     let mut appended: HashMap<&str, (u64, Vec<&[u8]>)> = HashMap::new();
+    let mut trace_buf = Vec::new();
     {
         let (mut log, mut topics, mut cursors) = (None, None, None);
         let (mut kv, mut meta, mut trace) = (None, None, None);
@@ -651,8 +687,14 @@ fn commit(db: &Database, jobs: &[Job]) -> Result<Committed, String> {
                 offs.push(next);
             }
             for t in &b.traces {
-                write_trace(table(&txn, &mut trace, TRACE)?, t, &b.appends, &offs)
-                    .map_err(|e| s(&e))?;
+                write_trace(
+                    table(&txn, &mut trace, TRACE)?,
+                    &mut trace_buf,
+                    t,
+                    &b.appends,
+                    &offs,
+                )
+                .map_err(|e| s(&e))?;
             }
             for (consumer, offset) in &b.cursors {
                 table(&txn, &mut cursors, CURSORS)?
@@ -970,6 +1012,27 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(store.cursor("new").unwrap(), 5);
+    }
+
+    #[test]
+    fn trace_parts_are_the_json_serde_json_writes() {
+        for text in [
+            "domain.x",
+            "",
+            "q\"uote",
+            "back\\slash",
+            "tab\tand\u{1}",
+            "é ✓ 😀",
+        ] {
+            let mut b = Vec::new();
+            push_json_str(&mut b, text);
+            assert_eq!(b, serde_json::to_vec(text).unwrap(), "{text:?}");
+        }
+        for n in [0, 7, 10, 99, 1_000_000, u64::MAX] {
+            let mut b = Vec::new();
+            push_u64(&mut b, n);
+            assert_eq!(b, n.to_string().into_bytes());
+        }
     }
 
     #[tokio::test]

@@ -52,3 +52,20 @@ pub struct Event {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub traceparent: Option<String>,
 }
+
+/// An event for unit tests: id `id`, type `a.b`, payload `{}`.
+#[cfg(test)]
+pub(crate) fn sample(id: &str) -> Event {
+    Event {
+        id: id.into(),
+        event_type: "a.b".into(),
+        version: "1".into(),
+        source: "urn:x".into(),
+        key: None,
+        time: "2024-06-11T14:41:22Z".into(),
+        content_type: "application/json".into(),
+        data: "{}".into(),
+        attributes: Default::default(),
+        traceparent: None,
+    }
+}

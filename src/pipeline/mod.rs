@@ -711,21 +711,7 @@ mod tests {
     /// router cursor moved from `from` to `to`.
     fn queue(store: &Store, from: u64, to: u64) -> Queued {
         let batch = WriteBatch {
-            appends: vec![(
-                "out".into(),
-                Event {
-                    id: format!("o{to}"),
-                    event_type: "t".into(),
-                    version: "1".into(),
-                    source: "s".into(),
-                    key: None,
-                    time: "2024-06-11T14:41:22Z".into(),
-                    content_type: "application/json".into(),
-                    data: "{}".into(),
-                    attributes: Default::default(),
-                    traceparent: None,
-                },
-            )],
+            appends: vec![("out".into(), crate::event::sample(&format!("o{to}")))],
             cursors: vec![("router".into(), to)],
             cursor_at: Some(("router".into(), from)),
             ..Default::default()
@@ -738,15 +724,20 @@ mod tests {
         }
     }
 
+    /// Three writes queued as `commit_chain` queues them, from `from` to
+    /// 30 (batches ending at 10, 20 and 30).
+    fn chain(store: &Store, from: u64) -> VecDeque<Queued> {
+        [(from, 10), (10, 20), (20, 30)]
+            .map(|(f, t)| queue(store, f, t))
+            .into()
+    }
+
     #[tokio::test]
     async fn queued_writes_move_the_cursor_in_order_down_to_what_may_stay_queued() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
         let p = pipeline(&store);
-        let mut queued: VecDeque<Queued> = [(0, 10), (10, 20), (20, 30)]
-            .map(|(f, t)| queue(&store, f, t))
-            .into();
-        let mut cursor = 0;
+        let (mut queued, mut cursor) = (chain(&store, 0), 0);
         assert!(p.settle(&mut queued, 1, &mut cursor).await);
         assert_eq!((queued.len(), cursor), (1, 20));
         assert!(p.settle(&mut queued, 0, &mut cursor).await);
@@ -775,10 +766,7 @@ mod tests {
         // first write fails (as a failed commit would leave it), and the
         // ones after it cannot skip over it.
         set_cursor(&store, 3).await;
-        let mut queued: VecDeque<Queued> = [(5, 10), (10, 20), (20, 30)]
-            .map(|(f, t)| queue(&store, f, t))
-            .into();
-        let mut cursor = 5;
+        let (mut queued, mut cursor) = (chain(&store, 5), 5);
         assert!(!p.settle(&mut queued, 1, &mut cursor).await);
         assert!(queued.is_empty(), "the rest was waited for");
         assert_eq!(cursor, 3, "the cursor is the store's");
@@ -793,10 +781,7 @@ mod tests {
         // after its data is durable): the rest go on from it, and the
         // consumer carries on from the store's cursor, past all of them.
         set_cursor(&store, 10).await;
-        let mut queued: VecDeque<Queued> = [(5, 10), (10, 20), (20, 30)]
-            .map(|(f, t)| queue(&store, f, t))
-            .into();
-        let mut cursor = 5;
+        let (mut queued, mut cursor) = (chain(&store, 5), 5);
         assert!(!p.settle(&mut queued, 0, &mut cursor).await);
         assert_eq!(cursor, 30);
         assert_eq!(store.topic_len("out").unwrap(), 2);

@@ -760,20 +760,7 @@ fn commit(db: &Database, jobs: &[Job]) -> Result<Committed, String> {
 mod tests {
     use super::*;
 
-    fn ev(id: &str) -> Event {
-        Event {
-            id: id.into(),
-            event_type: "t".into(),
-            version: "1".into(),
-            source: "s".into(),
-            key: None,
-            time: "2024-06-11T14:41:22Z".into(),
-            content_type: "application/json".into(),
-            data: "{}".into(),
-            attributes: Default::default(),
-            traceparent: None,
-        }
-    }
+    use crate::event::sample as ev;
 
     #[tokio::test]
     async fn trace_entries_name_the_records_of_their_write_per_writer() {

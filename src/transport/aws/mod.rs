@@ -312,26 +312,6 @@ async fn sources_status(State(rt): State<Arc<Runtime>>) -> Json<Value> {
 }
 
 #[cfg(test)]
-pub(crate) mod tests {
-    use crate::event::Event;
-
-    pub fn event(id: &str) -> Event {
-        Event {
-            id: id.into(),
-            event_type: "a.b".into(),
-            version: "1".into(),
-            source: "urn:x".into(),
-            key: None,
-            time: "2024-06-11T14:41:22Z".into(),
-            content_type: "application/json".into(),
-            data: "{}".into(),
-            attributes: Default::default(),
-            traceparent: None,
-        }
-    }
-}
-
-#[cfg(test)]
 mod outcome_tests {
     use super::EntryOutcome;
 

@@ -250,7 +250,7 @@ mod tests {
 
     #[test]
     fn direct_marks_name_sinks_exactly() {
-        let mut ev = crate::transport::aws::tests::event("e1");
+        let mut ev = crate::event::sample("e1");
         assert!(!delivered_to(&ev, "events"));
         ev.attributes
             .insert(ATTR_DELIVERED.into(), "events,audit".into());

@@ -1200,28 +1200,3 @@ mod tests {
         assert_eq!(ids(3, 2), vec![(3, "d".into()), (4, "e".into())]);
     }
 }
-#[cfg(test)]
-mod chunk_io_probe {
-    use super::*;
-    fn io_write_bytes() -> u64 {
-        let s = std::fs::read_to_string("/proc/self/io").unwrap();
-        s.lines().find_map(|l| l.strip_prefix("write_bytes: ")).unwrap().trim().parse().unwrap()
-    }
-    #[tokio::test]
-    #[ignore]
-    async fn probe() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
-        let mut e = crate::event::sample("x");
-        e.data = format!("{{\"p\":\"{}\"}}", "y".repeat(500));
-        let before = io_write_bytes();
-        let t = std::time::Instant::now();
-        for c in 0..300 {
-            let appends = (0..200).map(|i| { let mut e = e.clone(); e.id = format!("{c}-{i}"); ("events".to_string(), e) }).collect();
-            store.write(WriteBatch { appends, ..Default::default() }).await.unwrap();
-        }
-        let after = io_write_bytes();
-        let size = std::fs::metadata(store.path()).unwrap().len();
-        eprintln!("PROBE written {} MB, file {} MB, {:?}", (after - before) / 1_000_000, size / 1_000_000, t.elapsed());
-    }
-}

@@ -481,40 +481,44 @@ fn writer_loop(db: &Database, rx: mpsc::Receiver<Job>, inner: std::sync::Weak<In
         let started = Instant::now();
         let committed = commit(db, &jobs);
         let done = Instant::now();
-        let (commits, writes) = match &committed {
-            Ok(_) => (&commit_ok, &write_ok),
-            Err(_) => (&commit_err, &write_err),
-        };
-        commits.observe(done - started);
-        for (i, job) in jobs.iter().enumerate() {
-            let refused = matches!(&committed, Ok((offsets, _)) if offsets.get(i).is_some_and(Result::is_err));
-            let series = if refused { &write_err } else { writes };
-            series.observe(done.saturating_duration_since(job.queued));
-        }
-        match committed {
+        // Each job's outcome: a failed commit fails them all.
+        let (results, lengths): (Vec<Result<Vec<u64>, StoreError>>, _) = match committed {
             Ok((offsets, lengths)) => {
-                for (job, offs) in jobs.into_iter().zip(offsets) {
-                    let offs = offs.map_err(StoreError::Conflict);
-                    let _ = job.reply.send((offs, (job.batch, job.encoded)));
-                }
-                if let Some(inner) = inner.upgrade() {
-                    if !lengths.is_empty() {
-                        inner.appended.send_modify(|n| *n += 1);
-                    }
-                    let map = lock(&inner.watchers);
-                    for (topic, len) in lengths {
-                        if let Some(tx) = map.get(&topic) {
-                            tx.send_replace(len);
-                        }
-                    }
-                }
+                commit_ok.observe(done - started);
+                let results = offsets
+                    .into_iter()
+                    .map(|o| o.map_err(StoreError::Conflict))
+                    .collect();
+                (results, lengths)
             }
             Err(e) => {
+                commit_err.observe(done - started);
                 tracing::error!(error = %e, jobs = jobs.len(), "store commit failed");
-                for job in jobs {
-                    let _ = job
-                        .reply
-                        .send((Err(StoreError::Write(e.clone())), (job.batch, job.encoded)));
+                let results = jobs
+                    .iter()
+                    .map(|_| Err(StoreError::Write(e.clone())))
+                    .collect();
+                (results, Vec::new())
+            }
+        };
+        for (job, result) in jobs.into_iter().zip(results) {
+            let writes = if result.is_ok() {
+                &write_ok
+            } else {
+                &write_err
+            };
+            writes.observe(done.saturating_duration_since(job.queued));
+            let _ = job.reply.send((result, (job.batch, job.encoded)));
+        }
+        if lengths.is_empty() {
+            continue;
+        }
+        if let Some(inner) = inner.upgrade() {
+            inner.appended.send_modify(|n| *n += 1);
+            let map = lock(&inner.watchers);
+            for (topic, len) in lengths {
+                if let Some(tx) = map.get(&topic) {
+                    tx.send_replace(len);
                 }
             }
         }

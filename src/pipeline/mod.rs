@@ -52,7 +52,7 @@ const CHAIN_FOR: Duration = Duration::from_millis(50);
 const WRITES_IN_FLIGHT: usize = 3;
 
 /// A batch write queued and not yet answered.
-struct Queued {
+struct InFlight {
     write: crate::store::Queued,
     /// The cursor it moves on from, and to.
     from: u64,
@@ -229,7 +229,7 @@ impl Pipeline {
     ) -> bool {
         let started = std::time::Instant::now();
         let mut current = first;
-        let mut queued: VecDeque<Queued> = VecDeque::new();
+        let mut queued: VecDeque<InFlight> = VecDeque::new();
         // Where the cursor will be once every queued write is in.
         let mut queued_to = *cursor;
         while let Some(last) = current.last().map(|r| r.offset) {
@@ -258,7 +258,7 @@ impl Pipeline {
             };
             let from = queued_to;
             queued_to = last + 1;
-            queued.push_back(Queued {
+            queued.push_back(InFlight {
                 write,
                 from,
                 to: queued_to,
@@ -292,7 +292,7 @@ impl Pipeline {
     /// moving `cursor` past each that is in. If one failed, waits for all
     /// the rest (which then write nothing), takes the cursor from the store
     /// and returns false.
-    async fn settle(&self, queued: &mut VecDeque<Queued>, keep: usize, cursor: &mut u64) -> bool {
+    async fn settle(&self, queued: &mut VecDeque<InFlight>, keep: usize, cursor: &mut u64) -> bool {
         while queued.len() > keep {
             let Some(q) = queued.pop_front() else { break };
             let failure = q.write.written().await.err();
@@ -709,14 +709,14 @@ mod tests {
 
     /// A batch write as `commit_chain` queues it: one output, and the
     /// router cursor moved from `from` to `to`.
-    fn queue(store: &Store, from: u64, to: u64) -> Queued {
+    fn queue(store: &Store, from: u64, to: u64) -> InFlight {
         let batch = WriteBatch {
             appends: vec![("out".into(), crate::event::sample(&format!("o{to}")))],
             cursors: vec![("router".into(), to)],
             cursor_at: Some(("router".into(), from)),
             ..Default::default()
         };
-        Queued {
+        InFlight {
             write: store.queue(batch).unwrap(),
             from,
             to,
@@ -726,7 +726,7 @@ mod tests {
 
     /// Three writes queued as `commit_chain` queues them, from `from` to
     /// 30 (batches ending at 10, 20 and 30).
-    fn chain(store: &Store, from: u64) -> VecDeque<Queued> {
+    fn chain(store: &Store, from: u64) -> VecDeque<InFlight> {
         [(from, 10), (10, 20), (20, 30)]
             .map(|(f, t)| queue(store, f, t))
             .into()

@@ -117,7 +117,7 @@ async fn measure(
 ) -> Result<Measured> {
     let start = Instant::now();
     let cpu = util::cpu_time();
-    let (commits, committing, writes) = util::store_counts();
+    let counts = util::StoreCounts::now();
     let (addr, reqs) = (router.addr, reqs.clone());
     let (samples, generator_cpu) = load::apart(move || async move {
         if offered.is_finite() {
@@ -143,14 +143,8 @@ async fn measure(
     // Until the pipeline caught up: its commits belong to this rate too.
     caught_up(&router.rt.store).await?;
     let wall_all = start.elapsed();
-    let (commits, committing, writes) = {
-        let (c, t, w) = util::store_counts();
-        (
-            (c - commits) as f64,
-            t.saturating_sub(committing),
-            (w - writes) as f64,
-        )
-    };
+    let counts = counts.since();
+    let (commits, writes) = (counts.commits as f64, counts.writes as f64);
     let mut l = latencies(&samples, cursor);
     if direct {
         l.durable_out = l.ack.clone();
@@ -160,7 +154,7 @@ async fn measure(
         cores: router_cores,
         commits_per_sec: commits / wall_all.as_secs_f64(),
         writes_per_commit: if commits > 0.0 { writes / commits } else { 0.0 },
-        writer_busy: committing.as_secs_f64() / wall_all.as_secs_f64(),
+        writer_busy: counts.committing.as_secs_f64() / wall_all.as_secs_f64(),
         latencies: l,
     })
 }

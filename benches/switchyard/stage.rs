@@ -534,7 +534,7 @@ pub async fn pipeline_rate(
         &rt.config.router,
     );
     let (stop, rx) = tokio::sync::watch::channel(false);
-    let (commits, committing, _) = util::store_counts();
+    let counts = util::StoreCounts::now();
     let (start, cpu) = (Instant::now(), cpu_time());
     let task = tokio::spawn(pipeline.run(rx));
     let n = events.len() as u64;
@@ -545,14 +545,14 @@ pub async fn pipeline_rate(
     .await?;
     let wall = start.elapsed().as_secs_f64();
     let cpu = cpu_time().saturating_sub(cpu).as_secs_f64();
-    let (c, t, _) = util::store_counts();
+    let counts = counts.since();
     let _ = stop.send(true);
     task.await?;
     rt.store.close();
     Ok(PipelineRun {
         events_per_sec: n as f64 / wall,
         cores: cpu / wall,
-        commits: c - commits,
-        writer_busy: t.saturating_sub(committing).as_secs_f64() / wall,
+        commits: counts.commits,
+        writer_busy: counts.committing.as_secs_f64() / wall,
     })
 }

@@ -102,16 +102,37 @@ impl Router {
     }
 }
 
-/// Store commits, their total time and writes so far (the process's
-/// metrics registry).
-pub fn store_counts() -> (u64, Duration, u64) {
-    let m = switchyard::obs::metrics();
-    let commits = m.store_commits.series(["ok"]);
-    (
-        commits.count(),
-        commits.sum(),
-        m.store_writes.series(["ok"]).count(),
-    )
+/// The store's successful commits, their total time and its writes (the
+/// process's metrics registry).
+#[derive(Clone, Copy)]
+pub struct StoreCounts {
+    pub commits: u64,
+    /// The commits' total time: over a wall time, how busy the writer was.
+    pub committing: Duration,
+    pub writes: u64,
+}
+
+impl StoreCounts {
+    /// The counts so far.
+    pub fn now() -> StoreCounts {
+        let m = switchyard::obs::metrics();
+        let commits = m.store_commits.series(["ok"]);
+        StoreCounts {
+            commits: commits.count(),
+            committing: commits.sum(),
+            writes: m.store_writes.series(["ok"]).count(),
+        }
+    }
+
+    /// What was counted since `self` was taken.
+    pub fn since(self) -> StoreCounts {
+        let now = StoreCounts::now();
+        StoreCounts {
+            commits: now.commits - self.commits,
+            committing: now.committing.saturating_sub(self.committing),
+            writes: now.writes - self.writes,
+        }
+    }
 }
 
 /// Polls `f` every millisecond until it holds or `deadline` passes.

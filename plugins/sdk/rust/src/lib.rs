@@ -46,6 +46,9 @@ pub mod http;
 pub mod kv;
 pub mod log;
 
+#[cfg(any(test, target_family = "wasm"))]
+pub mod memcmp;
+
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 

@@ -134,7 +134,7 @@ pub fn decode(bytes: &[u8]) -> Result<Event, String> {
     }
 }
 
-fn put_len(b: &mut Vec<u8>, mut n: u64) {
+pub(super) fn put_len(b: &mut Vec<u8>, mut n: u64) {
     loop {
         let byte = (n & 0x7f) as u8;
         n >>= 7;
@@ -161,11 +161,38 @@ fn put_opt(b: &mut Vec<u8>, s: Option<&str>) {
     }
 }
 
-struct Reader<'a> {
+/// Reads the length-prefixed layout (records, chunks, trace chunks).
+pub(super) struct Reader<'a> {
     b: &'a [u8],
 }
 
 impl<'a> Reader<'a> {
+    pub(super) fn new(b: &'a [u8]) -> Self {
+        Reader { b }
+    }
+
+    pub(super) fn is_empty(&self) -> bool {
+        self.b.is_empty()
+    }
+
+    pub(super) fn byte(&mut self, what: &str) -> Result<u8, String> {
+        let (&byte, rest) = self
+            .b
+            .split_first()
+            .ok_or_else(|| format!("{what} runs past the end"))?;
+        self.b = rest;
+        Ok(byte)
+    }
+
+    /// A length-prefixed UTF-8 string, borrowed.
+    pub(super) fn str(&mut self, what: &str) -> Result<&'a str, String> {
+        let n = self.len(what)?;
+        let bytes = self
+            .take(n)
+            .ok_or_else(|| format!("{what} runs past the end"))?;
+        std::str::from_utf8(bytes).map_err(|e| format!("{what} is not UTF-8: {e}"))
+    }
+
     fn event(mut self) -> Result<Event, String> {
         let ev = Event {
             id: self.string("id")?,
@@ -194,7 +221,7 @@ impl<'a> Reader<'a> {
         Ok(ev)
     }
 
-    fn len(&mut self, what: &str) -> Result<u64, String> {
+    pub(super) fn len(&mut self, what: &str) -> Result<u64, String> {
         let mut n: u64 = 0;
         for shift in (0..64).step_by(7) {
             let (&byte, rest) = self
@@ -211,7 +238,7 @@ impl<'a> Reader<'a> {
     }
 
     /// The next `n` bytes, or `None` if fewer are left.
-    fn take(&mut self, n: u64) -> Option<&'a [u8]> {
+    pub(super) fn take(&mut self, n: u64) -> Option<&'a [u8]> {
         let n = usize::try_from(n).ok().filter(|&n| n <= self.b.len())?;
         let (s, rest) = self.b.split_at(n);
         self.b = rest;

@@ -22,6 +22,7 @@ use crate::event::Event;
 use crate::sync::lock;
 
 mod codec;
+mod trace;
 
 /// `(topic, offset)` → the event (layout in [`codec`]).
 const LOG: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("log");
@@ -33,12 +34,10 @@ const CURSORS: TableDefinition<&str, u64> = TableDefinition::new("cursors");
 const KV: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("kv");
 /// Small named records the router keeps about itself (projection generations).
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
-/// `(input event id, writer)` → where the input is and what it became, as
-/// JSON `{"from":[topic, offset], "links":[[topic, offset, info], ...]}`.
-/// One entry per input and writer (`0` direct delivery, `1` the pipeline),
-/// so the index costs one insert per event handled and never a read-modify-
-/// write. Written in the same transaction as the records it names.
-const TRACE: TableDefinition<(&str, u8), &[u8]> = TableDefinition::new("trace");
+// The trace index (what each input became) is in [`trace`]: its entries are
+// JSON `{"from":[topic, offset], "links":[[topic, offset, info], ...]}`,
+// one per input and writer, written in the same transaction as the records
+// they name.
 
 /// Default page cache (MiB). redb's own default is 1 GiB, which the
 /// resident set grew towards under sustained load.
@@ -194,6 +193,20 @@ impl Store {
     /// Opens (or creates) the store in `dir` with a page cache of
     /// `cache_mb` MiB.
     pub fn open_with_cache(dir: &Path, cache_mb: usize) -> Result<Self, StoreError> {
+        Self::open_inner(dir, cache_mb, (trace::RUN_ENTRIES, trace::SLICE))
+    }
+
+    /// With trace runs of `run_entries`, sealed `slice` entries per commit.
+    #[cfg(test)]
+    fn open_with_runs(dir: &Path, run_entries: usize, slice: usize) -> Result<Self, StoreError> {
+        Self::open_inner(dir, DEFAULT_CACHE_MB, (run_entries, slice))
+    }
+
+    fn open_inner(
+        dir: &Path,
+        cache_mb: usize,
+        (run_entries, slice): (usize, usize),
+    ) -> Result<Self, StoreError> {
         let open_err = |e: redb::Error| StoreError::Open {
             path: dir.to_path_buf(),
             source: Box::new(e),
@@ -212,10 +225,16 @@ impl Store {
             txn.open_table(CURSORS).map_err(|e| open_err(e.into()))?;
             txn.open_table(KV).map_err(|e| open_err(e.into()))?;
             txn.open_table(META).map_err(|e| open_err(e.into()))?;
-            txn.open_table(TRACE).map_err(|e| open_err(e.into()))?;
+            txn.open_table(trace::LEGACY)
+                .map_err(|e| open_err(e.into()))?;
+            txn.open_table(trace::RECENT)
+                .map_err(|e| open_err(e.into()))?;
+            txn.open_table(trace::RUNS)
+                .map_err(|e| open_err(e.into()))?;
         }
         txn.commit().map_err(|e| open_err(e.into()))?;
         let db = Arc::new(db);
+        let index = trace::Index::load(db.clone(), run_entries, slice).map_err(StoreError::Read)?;
         let (tx, rx) = mpsc::channel::<Job>();
         let inner = Arc::new(Inner {
             db: db.clone(),
@@ -228,7 +247,7 @@ impl Store {
         let weak = Arc::downgrade(&inner);
         let handle = std::thread::Builder::new()
             .name("store-writer".into())
-            .spawn(move || writer_loop(&db, rx, weak))
+            .spawn(move || writer_loop(&db, index, rx, weak))
             .map_err(|e| open_err(redb::StorageError::Io(e).into()))?;
         *lock(&inner.writer) = Some(handle);
         Ok(Self { inner })
@@ -358,18 +377,14 @@ impl Store {
         Ok(out)
     }
 
-    /// The trace entries of input event `id`, one per writer (see `TRACE`).
+    /// The trace entries of input event `id`, one per writer (see [`trace`]).
     pub fn trace(&self, id: &str) -> Result<Vec<serde_json::Value>, StoreError> {
         let txn = self.inner.db.begin_read().map_err(read_err)?;
-        let table = txn.open_table(TRACE).map_err(read_err)?;
-        let mut out = Vec::new();
-        for item in table.range((id, 0)..=(id, u8::MAX)).map_err(read_err)? {
-            let (_, v) = item.map_err(read_err)?;
-            if let Ok(entry) = serde_json::from_slice(v.value()) {
-                out.push(entry);
-            }
-        }
-        Ok(out)
+        let entries = trace::lookup(&txn, id).map_err(StoreError::Read)?;
+        Ok(entries
+            .iter()
+            .filter_map(|e| serde_json::from_slice(e).ok())
+            .collect())
     }
 
     /// A plugin state value.
@@ -460,7 +475,12 @@ impl Store {
     }
 }
 
-fn writer_loop(db: &Database, rx: mpsc::Receiver<Job>, inner: std::sync::Weak<Inner>) {
+fn writer_loop(
+    db: &Database,
+    mut index: trace::Index,
+    rx: mpsc::Receiver<Job>,
+    inner: std::sync::Weak<Inner>,
+) {
     let m = crate::obs::metrics();
     let (commit_ok, commit_err) = (
         m.store_commits.series(["ok"]),
@@ -479,11 +499,12 @@ fn writer_loop(db: &Database, rx: mpsc::Receiver<Job>, inner: std::sync::Weak<In
             }
         }
         let started = Instant::now();
-        let committed = commit(db, &jobs);
+        let committed = commit(db, &mut index, &jobs);
         let done = Instant::now();
         // Each job's outcome: a failed commit fails them all.
         let (results, lengths): (Vec<Result<Vec<u64>, StoreError>>, _) = match committed {
-            Ok((offsets, lengths)) => {
+            Ok((offsets, lengths, step)) => {
+                index.committed(step);
                 commit_ok.observe(done - started);
                 let results = offsets
                     .into_iter()
@@ -526,19 +547,18 @@ fn writer_loop(db: &Database, rx: mpsc::Receiver<Job>, inner: std::sync::Weak<In
 }
 
 /// Each job's offsets (or why it was refused, see
-/// [`WriteBatch::cursor_at`]), and the new length of each topic appended to.
-type Committed = (Vec<Result<Vec<u64>, String>>, Vec<(String, u64)>);
+/// [`WriteBatch::cursor_at`]), the new length of each topic appended to,
+/// and what the commit changed in the trace index.
+type Committed = (
+    Vec<Result<Vec<u64>, String>>,
+    Vec<(String, u64)>,
+    trace::Step,
+);
 
-/// Writes `t` as the input's entry for its writer; the JSON is put
-/// together from pre-serialised parts in `b` (reused across a commit's
-/// entries), to keep the writer thread's work small.
-fn write_trace(
-    table: &mut redb::Table<(&str, u8), &[u8]>,
-    b: &mut Vec<u8>,
-    t: &Trace,
-    appends: &[(String, Event)],
-    offs: &[u64],
-) -> Result<(), redb::Error> {
+/// Puts `t`, the input's entry for its writer, into `b`: the JSON is put
+/// together from pre-serialised parts, to keep the writer thread's work
+/// small.
+fn trace_entry(b: &mut Vec<u8>, t: &Trace, appends: &[(String, Event)], offs: &[u64]) {
     let loc = |i: usize| {
         appends
             .get(i)
@@ -576,8 +596,6 @@ fn write_trace(
         }
     }
     b.extend_from_slice(b"]}");
-    table.insert((t.id.as_str(), t.writer), b.as_slice())?;
-    Ok(())
 }
 
 /// Appends `s` as a JSON string: between quotes as it is when nothing in
@@ -644,7 +662,7 @@ fn chunks<'r, 'b>(records: &'r [&'b [u8]]) -> impl Iterator<Item = &'r [&'b [u8]
     })
 }
 
-fn commit(db: &Database, jobs: &[Job]) -> Result<Committed, String> {
+fn commit(db: &Database, index: &mut trace::Index, jobs: &[Job]) -> Result<Committed, String> {
     let s = |e: &dyn std::fmt::Display| e.to_string();
     let mut txn = db.begin_write().map_err(|e| s(&e))?;
     txn.set_durability(Durability::Immediate)
@@ -654,10 +672,11 @@ fn commit(db: &Database, jobs: &[Job]) -> Result<Committed, String> {
     // Per topic, the offset of its first append in this commit and the
     // records from there on, written as chunks at the end.
     let mut appended: HashMap<&str, (u64, Vec<&[u8]>)> = HashMap::new();
-    let mut trace_buf = Vec::new();
-    {
+    // This commit's trace entries, as one chunk (see [`trace`]).
+    let (mut trace_buf, mut traces, mut traced) = (Vec::new(), Vec::new(), 0);
+    let step = {
         let (mut log, mut topics, mut cursors) = (None, None, None);
-        let (mut kv, mut meta, mut trace) = (None, None, None);
+        let (mut kv, mut meta) = (None, None);
         for job in jobs {
             let b = &job.batch;
             if let Some((consumer, expected)) = &b.cursor_at {
@@ -691,14 +710,9 @@ fn commit(db: &Database, jobs: &[Job]) -> Result<Committed, String> {
                 offs.push(next);
             }
             for t in &b.traces {
-                write_trace(
-                    table(&txn, &mut trace, TRACE)?,
-                    &mut trace_buf,
-                    t,
-                    &b.appends,
-                    &offs,
-                )
-                .map_err(|e| s(&e))?;
+                trace_entry(&mut trace_buf, t, &b.appends, &offs);
+                trace::put_entry(&mut traces, &t.id, t.writer, &trace_buf);
+                traced += 1;
             }
             for (consumer, offset) in &b.cursors {
                 table(&txn, &mut cursors, CURSORS)?
@@ -751,13 +765,14 @@ fn commit(db: &Database, jobs: &[Job]) -> Result<Committed, String> {
                 .insert(*topic, *len)
                 .map_err(|e| s(&e))?;
         }
-    }
+        index.write(&txn, &traces, traced)?
+    };
     txn.commit().map_err(|e| s(&e))?;
     let lengths = lengths
         .into_iter()
         .map(|(topic, len)| (topic.to_owned(), len))
         .collect();
-    Ok((offsets, lengths))
+    Ok((offsets, lengths, step))
 }
 
 #[cfg(test)]

@@ -226,7 +226,8 @@ fn main() -> Result<()> {
         let preamble = format!(
             "Events: {n} HMPPS domain events from seed `{:#x}` (`benches/switchyard/events.rs`): {types} event \
              types, {keys} distinct keys (NOMS/CRN, a few busy people), payloads {min}–{max} bytes, median \
-             {median}. Everything runs on 127.0.0.1; the router parts run in the bench process unless a \
+             {median}, random (version 4 UUID) ids as producers send them; events POSTed over HTTP get the \
+             ids the router assigns (time-ordered UUIDv7). Everything runs on 127.0.0.1; the router parts run in the bench process unless a \
              scenario says otherwise. Figures are from one run on a shared machine: compare the ratios, which \
              were measured side by side, more than the absolute numbers.\n",
             events::SEED

@@ -449,7 +449,9 @@ pub fn scaling(report: &mut Report, events: &[Event], quick: bool) -> Result<()>
              topic; the async runtime's worker threads and `router.workers` set alike. The machine has {} cores \
              shared with other work. \"CPU\" is the process's (user and system) over the wall time; \"writer busy\" is \
              the share of the wall time the store's one writer thread spent in commits (from the router's \
-             metrics), which all workers' batches go through.",
+             metrics), which all workers' batches go through. \"trace lookup\" times `Store::trace` (what \
+             `GET /v1/events/{{id}}/trace` reads) for 1,000 of the inputs spread over the run, once it is \
+             done: the index then holds its entries in sorted runs and in the chunks not sealed yet.",
             std::thread::available_parallelism()
                 .map(|n| n.get())
                 .unwrap_or(1)
@@ -461,6 +463,8 @@ pub fn scaling(report: &mut Report, events: &[Event], quick: bool) -> Result<()>
             "CPU (cores)",
             "commits",
             "writer busy",
+            "trace lookup p50 ms",
+            "trace lookup max ms",
         ],
     );
     let mut base = 0.0;
@@ -477,6 +481,8 @@ pub fn scaling(report: &mut Report, events: &[Event], quick: bool) -> Result<()>
             format!("{:.2}", r.cores),
             r.commits.to_string(),
             format!("{:.0} %", r.writer_busy * 100.0),
+            format!("{:.2}", r.trace_lookup.0.as_secs_f64() * 1e3),
+            format!("{:.2}", r.trace_lookup.1.as_secs_f64() * 1e3),
         ]);
         if threads == 2 {
             report.headline(
@@ -500,6 +506,8 @@ pub struct PipelineRun {
     pub commits: u64,
     /// The share of the wall time the store's writer spent committing.
     pub writer_busy: f64,
+    /// `Store::trace` afterwards: p50 and max.
+    pub trace_lookup: (Duration, Duration),
 }
 
 /// Events/s of the real pipeline over `events`, with `workers` keys at once.
@@ -524,6 +532,7 @@ pub async fn pipeline_rate(
             cores: 0.0,
             commits: 0,
             writer_busy: 0.0,
+            trace_lookup: Default::default(),
         });
     }
     let pipeline = Pipeline::new(
@@ -548,11 +557,31 @@ pub async fn pipeline_rate(
     let counts = counts.since();
     let _ = stop.send(true);
     task.await?;
+    let trace_lookup = trace_lookups(&rt.store, events)?;
     rt.store.close();
     Ok(PipelineRun {
         events_per_sec: n as f64 / wall,
         cores: cpu / wall,
         commits: counts.commits,
         writer_busy: counts.committing.as_secs_f64() / wall,
+        trace_lookup,
     })
+}
+
+/// Times `Store::trace` for 1,000 of `events` spread over them (p50, max);
+/// each must have its pipeline entry.
+fn trace_lookups(store: &Store, events: &[Event]) -> Result<(Duration, Duration)> {
+    let step = (events.len() / 1000).max(1);
+    let mut times = Vec::new();
+    for ev in events.iter().step_by(step) {
+        let started = Instant::now();
+        let entries = store.trace(&ev.id)?;
+        times.push(started.elapsed());
+        anyhow::ensure!(!entries.is_empty(), "no trace entry for {}", ev.id);
+    }
+    times.sort();
+    Ok((
+        times.get(times.len() / 2).copied().unwrap_or_default(),
+        times.last().copied().unwrap_or_default(),
+    ))
 }

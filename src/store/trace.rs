@@ -11,14 +11,15 @@
 //! * each commit writes its entries as one `trace_recent` chunk, under the
 //!   next sequence number: one insert at the right edge of the tree, in the
 //!   same transaction as the records the entries name;
-//! * once [`RUN_ENTRIES`] entries are waiting, the writer sorts them by id and
-//!   copies them into `trace_runs` under the first chunk's sequence number,
-//!   [`SLICE`] entries per commit, so that each commit's share is a run of
-//!   inserts at the right edge too; the last slice deletes the chunks it
-//!   copied, leaving the newest one empty so that sequence numbers go on
-//!   from it. Until then the chunks answer lookups as well. If the router
-//!   stops halfway, the next seal starts from the same first chunk and
-//!   writes the same keys again;
+//! * once [`RUN_ENTRIES`] entries are waiting, a thread of its own reads and
+//!   sorts them by id (the writer thread would hold up every queued write
+//!   meanwhile), and the writer copies them into `trace_runs` under the
+//!   first chunk's sequence number, at least [`SLICE`] entries per commit,
+//!   so that each commit's share is a run of inserts at the right edge too;
+//!   the last slice deletes the chunks it copied, leaving the newest one
+//!   empty so that sequence numbers go on from it. Until then the chunks
+//!   answer lookups as well. If the router stops halfway, the next seal
+//!   starts from the same first chunk and writes the same keys again;
 //! * a lookup reads the old id-keyed `trace` table (entries written before
 //!   this layout), each run, then the chunks: newer places win.
 
@@ -156,8 +157,8 @@ impl Index {
     }
 
     /// Writes `chunk` (this commit's entries, `added` of them) and this
-    /// commit's share of a seal, in `txn`. The index itself changes only in
-    /// [`Index::committed`] (or [`Index::failed`]).
+    /// commit's share of a seal, in `txn`. What was written counts only
+    /// once the commit is durable ([`Index::committed`]).
     pub(super) fn write(
         &mut self,
         txn: &WriteTransaction,

@@ -75,6 +75,17 @@ pub(super) fn entries(chunk: &[u8]) -> Result<Vec<Entry<'_>>, String> {
     Ok(out)
 }
 
+/// The entries of chunk `seq`; none, with a warning, if it is damaged. The
+/// index only helps to follow events: a chunk that cannot be read must not
+/// stop the store from opening, other lookups, or the seals after it (the
+/// seal that takes it deletes it).
+fn readable(seq: u64, chunk: &[u8]) -> Vec<Entry<'_>> {
+    entries(chunk).unwrap_or_else(|e| {
+        tracing::warn!(chunk = seq, error = %e, "a trace index chunk is damaged; its entries are skipped");
+        Vec::new()
+    })
+}
+
 /// The writer thread's view of the index, carried from commit to commit.
 pub(super) struct Index {
     db: Arc<Database>,
@@ -151,7 +162,7 @@ impl Index {
         for item in recent.iter().map_err(|e| e.to_string())? {
             let (k, v) = item.map_err(|e| e.to_string())?;
             index.next_seq = k.value() + 1;
-            index.pending += entries(v.value())?.len();
+            index.pending += readable(k.value(), v.value()).len();
         }
         Ok(index)
     }
@@ -273,7 +284,7 @@ fn start(db: &Database, last: u64) -> Result<Seal, String> {
     for item in recent.range(..=last).map_err(|e| s(&e))? {
         let (k, v) = item.map_err(|e| s(&e))?;
         first.get_or_insert(k.value());
-        for (id, writer, entry) in entries(v.value())? {
+        for (id, writer, entry) in readable(k.value(), v.value()) {
             newest.insert((id.to_owned(), writer), entry.to_vec());
         }
     }
@@ -317,8 +328,8 @@ pub(super) fn lookup(txn: &ReadTransaction, id: &str) -> Result<Vec<Vec<u8>>, St
     }
     let recent = txn.open_table(RECENT).map_err(|e| s(&e))?;
     for item in recent.iter().map_err(|e| s(&e))? {
-        let (_, v) = item.map_err(|e| s(&e))?;
-        for (entry_id, writer, entry) in entries(v.value())? {
+        let (k, v) = item.map_err(|e| s(&e))?;
+        for (entry_id, writer, entry) in readable(k.value(), v.value()) {
             if entry_id == id {
                 found.insert(writer, entry.to_vec());
             }
@@ -554,6 +565,42 @@ mod tests {
         assert_eq!(answers(&store, &old)["old"], vec![7, 8]);
         write(&store, &[("old".into(), 1)]).await;
         assert_eq!(answers(&store, &old)["old"], vec![7, 0]);
+        store.close();
+    }
+
+    #[tokio::test]
+    async fn a_damaged_chunk_is_skipped_not_fatal() {
+        let dir = tempfile::tempdir().unwrap();
+        let ids: Vec<String> = (0..6).map(id).collect();
+        {
+            let store = Store::open_with_runs(dir.path(), 1000, 64).unwrap();
+            for i in &ids[..3] {
+                write(&store, &[(i.clone(), 1)]).await;
+            }
+            // Chunk 1 (the second id's) damaged on disk.
+            let txn = store.inner.db.begin_write().unwrap();
+            txn.open_table(RECENT)
+                .unwrap()
+                .insert(1, [0x05, b'a'].as_slice())
+                .unwrap();
+            txn.commit().unwrap();
+            store.close();
+        }
+        // The store opens, the other entries are found, and a seal over
+        // the damaged chunk goes through (dropping it).
+        let store = Store::open_with_runs(dir.path(), 4, 64).unwrap();
+        for i in &ids[3..] {
+            write(&store, &[(i.clone(), 1)]).await;
+        }
+        let mut want: HashMap<String, BTreeMap<u8, u64>> = HashMap::new();
+        for (n, i) in ids.iter().enumerate().filter(|(n, _)| *n != 1) {
+            want.insert(i.clone(), BTreeMap::from([(1, n as u64)]));
+        }
+        check(&store, &want, "with a damaged chunk");
+        assert!(store.trace(&ids[1]).unwrap().is_empty());
+        // The seal after the fifth id takes ids 0, 2, 3 and 4; the sixth waits.
+        commit_until(&store, |(chunks, runs)| runs == 4 && chunks == 2).await;
+        check(&store, &want, "after the seal that dropped it");
         store.close();
     }
 

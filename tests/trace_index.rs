@@ -15,23 +15,16 @@ const EVENTS: usize = 26_000;
 
 /// A version 4 UUID drawn from `i` (splitmix64), so ids arrive in no order.
 fn uuid(i: u64) -> String {
-    let mut z = i.wrapping_add(1).wrapping_mul(0x9e37_79b9_7f4a_7c15);
-    let mut next = || {
-        z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut x = z;
+    let mut bytes = [0u8; 16];
+    for (n, half) in (0u64..).zip(bytes.chunks_exact_mut(8)) {
+        let mut x = (2 * i + n + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15);
         x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
         x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        x ^ (x >> 31)
-    };
-    let (a, b) = (next(), next());
-    format!(
-        "{:08x}-{:04x}-4{:03x}-{:04x}-{:012x}",
-        a >> 32,
-        (a >> 16) & 0xffff,
-        a & 0xfff,
-        (b >> 48) & 0x3fff | 0x8000,
-        b & 0xffff_ffff_ffff
-    )
+        half.copy_from_slice(&(x ^ (x >> 31)).to_le_bytes());
+    }
+    uuid::Builder::from_random_bytes(bytes)
+        .into_uuid()
+        .to_string()
 }
 
 /// Every 61st input's trace: processed, with the outputs its routes made

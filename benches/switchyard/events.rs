@@ -104,15 +104,13 @@ pub fn generate(seed: u64, n: usize) -> Vec<Generated> {
 /// apart from the rest of the event, which is the same either way.
 pub fn event_id(seed: u64, i: usize) -> String {
     let mut r = Rng::new(seed ^ (i as u64).wrapping_mul(0x2545_f491_4f6c_dd1d));
-    let (a, b) = (r.next_u64(), r.next_u64());
-    format!(
-        "{:08x}-{:04x}-4{:03x}-{:04x}-{:012x}",
-        a >> 32,
-        (a >> 16) & 0xffff,
-        a & 0xfff,
-        (b >> 48) & 0x3fff | 0x8000,
-        b & 0xffff_ffff_ffff
-    )
+    let mut bytes = [0u8; 16];
+    for half in bytes.chunks_exact_mut(8) {
+        half.copy_from_slice(&r.next_u64().to_le_bytes());
+    }
+    uuid::Builder::from_random_bytes(bytes)
+        .into_uuid()
+        .to_string()
 }
 
 fn pick_type(rng: &mut Rng) -> &'static str {

@@ -169,6 +169,9 @@ fn metrics_count_exactly_what_happened() {
             "switchyard_route_outputs_total{route=\"two-stage\",topic=\"dead-letter\"}".into(),
             2.0,
         ),
+        // One trace entry per input the pipeline handled, none sorted yet.
+        ("switchyard_trace_index_waiting".into(), 5.0),
+        ("switchyard_trace_index_runs".into(), 0.0),
     ];
     let mut wrong = Vec::new();
     for (series, want) in &expect {

@@ -50,6 +50,17 @@ fn check_traces(router: &Router, ids: &[String], when: &str) {
     }
 }
 
+/// `switchyard_trace_index_runs` from `/metrics`.
+fn trace_runs(router: &Router) -> f64 {
+    let (status, body) = router.get("/metrics");
+    assert_eq!(status, 200);
+    let text = body.as_str().unwrap_or_default().to_string();
+    text.lines()
+        .find_map(|l| l.strip_prefix("switchyard_trace_index_runs "))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no switchyard_trace_index_runs in {text}"))
+}
+
 #[test]
 fn random_ids_are_traced_past_a_sorted_run_and_a_kill_9() {
     let dir = tempfile::tempdir().unwrap();
@@ -74,11 +85,14 @@ fn random_ids_are_traced_past_a_sorted_run_and_a_kill_9() {
     }
     router.wait_for("domain.prison-offender-events", EVENTS);
     check_traces(&router, &ids, "after the pipeline");
+    let runs = trace_runs(&router);
+    assert!(runs >= 1.0, "no sorted run after {EVENTS} inputs");
     // kill -9 with the index wherever it is (chunks, runs, a seal under
     // way): the restarted router answers the same.
     router.kill9();
     let router = Router::start(dir.path(), &default_config());
     check_traces(&router, &ids, "after kill -9");
+    assert!(trace_runs(&router) >= runs, "runs lost by the restart");
     let (status, body) = router.get(&format!("/v1/events/{}/trace", uuid(EVENTS as u64)));
     assert_eq!(status, 404, "{body}");
     router.stop();

@@ -55,6 +55,24 @@ fn gauges(rt: &Runtime, out: &mut String) -> Result<(), crate::store::StoreError
         ["topic"],
         &rows,
     );
+    let (runs, waiting) = rt.store.trace_index();
+    let help = "Sorted runs in the trace index: a trace lookup reads each once.";
+    render_gauge(
+        out,
+        "switchyard_trace_index_runs",
+        help,
+        [],
+        &[([], runs as f64)],
+    );
+    let help =
+        "Trace index entries waiting in chunks to be sorted into a run (at 16384 a run is made).";
+    render_gauge(
+        out,
+        "switchyard_trace_index_waiting",
+        help,
+        [],
+        &[([], waiting as f64)],
+    );
     let mut lag = Vec::new();
     for (consumer, cursor) in rt.store.cursors()? {
         if let Some(topic) = cursor_topic(rt, &consumer) {

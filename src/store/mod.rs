@@ -182,6 +182,8 @@ struct Inner {
     /// sinks) wait on it, since a plugin may create a topic at any time.
     appended: watch::Sender<u64>,
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// The trace index's runs and waiting entries, kept by the writer.
+    trace_stats: Arc<trace::Stats>,
 }
 
 impl Store {
@@ -234,7 +236,9 @@ impl Store {
         }
         txn.commit().map_err(|e| open_err(e.into()))?;
         let db = Arc::new(db);
-        let index = trace::Index::load(db.clone(), run_entries, slice).map_err(StoreError::Read)?;
+        let trace_stats = Arc::new(trace::Stats::default());
+        let index = trace::Index::load(db.clone(), trace_stats.clone(), run_entries, slice)
+            .map_err(StoreError::Read)?;
         let (tx, rx) = mpsc::channel::<Job>();
         let inner = Arc::new(Inner {
             db: db.clone(),
@@ -243,6 +247,7 @@ impl Store {
             watchers: Mutex::new(HashMap::new()),
             appended: watch::channel(0).0,
             writer: Mutex::new(None),
+            trace_stats,
         });
         let weak = Arc::downgrade(&inner);
         let handle = std::thread::Builder::new()
@@ -375,6 +380,16 @@ impl Store {
             out.push((k.value().to_string(), v.value()));
         }
         Ok(out)
+    }
+
+    /// The trace index's sorted runs and the entries waiting in chunks (see
+    /// [`trace`]): a lookup reads each run once and scans the chunks.
+    pub fn trace_index(&self) -> (u64, u64) {
+        let s = &self.inner.trace_stats;
+        (
+            s.runs.load(std::sync::atomic::Ordering::Relaxed),
+            s.waiting.load(std::sync::atomic::Ordering::Relaxed),
+        )
     }
 
     /// The trace entries of input event `id`, one per writer (see [`trace`]).

@@ -24,6 +24,7 @@
 //!   this layout), each run, then the chunks: newer places win.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, mpsc};
 
 use redb::{
@@ -86,9 +87,20 @@ fn readable(seq: u64, chunk: &[u8]) -> Vec<Entry<'_>> {
     })
 }
 
+/// What `/metrics` shows of the index: its runs (a lookup reads each) and
+/// the entries waiting in chunks (a lookup scans them).
+#[derive(Debug, Default)]
+pub(super) struct Stats {
+    pub(super) runs: AtomicU64,
+    pub(super) waiting: AtomicU64,
+}
+
 /// The writer thread's view of the index, carried from commit to commit.
 pub(super) struct Index {
     db: Arc<Database>,
+    stats: Arc<Stats>,
+    /// The newest run's key: a seal under it adds no run.
+    newest_run: Option<u64>,
     run_entries: usize,
     slice: usize,
     /// The key of the next chunk.
@@ -126,6 +138,8 @@ pub(super) struct Seal {
     last: u64,
     /// Sorted by id and writer, one per pair (the newest).
     entries: Vec<(String, u8, Vec<u8>)>,
+    /// Entries in its chunks, repeats included.
+    in_chunks: usize,
     /// How many are in `trace_runs` already.
     copied: usize,
 }
@@ -145,11 +159,14 @@ impl Index {
     /// with runs of `run_entries` copied at least `slice` a commit.
     pub(super) fn load(
         db: Arc<Database>,
+        stats: Arc<Stats>,
         run_entries: usize,
         slice: usize,
     ) -> Result<Self, String> {
         let mut index = Index {
             db,
+            stats,
+            newest_run: None,
             run_entries: run_entries.max(1),
             slice: slice.max(1),
             next_seq: 0,
@@ -164,6 +181,13 @@ impl Index {
             index.next_seq = k.value() + 1;
             index.pending += readable(k.value(), v.value()).len();
         }
+        let runs = run_keys(&txn).map_err(|e| e.to_string())?;
+        index.newest_run = runs.last().copied();
+        index.stats.runs.store(runs.len() as u64, Ordering::Relaxed);
+        index
+            .stats
+            .waiting
+            .store(index.pending as u64, Ordering::Relaxed);
         Ok(index)
     }
 
@@ -247,9 +271,21 @@ impl Index {
             self.next_seq += 1;
         }
         self.pending += step.added;
+        self.stats
+            .waiting
+            .fetch_add(step.added as u64, Ordering::Relaxed);
         if let (Some(seal), Some(copied)) = (&mut self.seal, step.copied) {
             seal.copied = copied;
             if copied == seal.entries.len() {
+                if self.newest_run != Some(seal.first) {
+                    self.newest_run = Some(seal.first);
+                    self.stats.runs.fetch_add(1, Ordering::Relaxed);
+                }
+                let left = self.stats.waiting.load(Ordering::Relaxed);
+                self.stats.waiting.store(
+                    left.saturating_sub(seal.in_chunks as u64),
+                    Ordering::Relaxed,
+                );
                 self.seal = None;
             }
         }
@@ -280,12 +316,13 @@ fn start(db: &Database, last: u64) -> Result<Seal, String> {
     let txn = db.begin_read().map_err(|e| s(&e))?;
     let recent = txn.open_table(RECENT).map_err(|e| s(&e))?;
     let mut newest: BTreeMap<(String, u8), Vec<u8>> = BTreeMap::new();
-    let mut first = None;
+    let (mut first, mut in_chunks) = (None, 0);
     for item in recent.range(..=last).map_err(|e| s(&e))? {
         let (k, v) = item.map_err(|e| s(&e))?;
         first.get_or_insert(k.value());
         for (id, writer, entry) in readable(k.value(), v.value()) {
             newest.insert((id.to_owned(), writer), entry.to_vec());
+            in_chunks += 1;
         }
     }
     Ok(Seal {
@@ -295,8 +332,26 @@ fn start(db: &Database, last: u64) -> Result<Seal, String> {
             .into_iter()
             .map(|((id, writer), entry)| (id, writer, entry))
             .collect(),
+        in_chunks,
         copied: 0,
     })
+}
+
+/// The key of every run, oldest first: each is the first key at or after
+/// the end of the one before.
+fn run_keys(txn: &ReadTransaction) -> Result<Vec<u64>, String> {
+    let s = |e: &dyn std::fmt::Display| e.to_string();
+    let runs = txn.open_table(RUNS).map_err(|e| s(&e))?;
+    let (mut keys, mut from) = (Vec::new(), 0u64);
+    while let Some(item) = runs.range((from, "", 0)..).map_err(|e| s(&e))?.next() {
+        let run = item.map_err(|e| s(&e))?.0.value().0;
+        keys.push(run);
+        match run.checked_add(1) {
+            Some(next) => from = next,
+            None => break,
+        }
+    }
+    Ok(keys)
 }
 
 /// The entries of input `id`, one per writer in writer order: from the old
@@ -310,20 +365,13 @@ pub(super) fn lookup(txn: &ReadTransaction, id: &str) -> Result<Vec<Vec<u8>>, St
         found.insert(k.value().1, v.value().to_vec());
     }
     let runs = txn.open_table(RUNS).map_err(|e| s(&e))?;
-    let mut from = 0u64;
-    // Each run's key: the first key at or after the end of the one before.
-    while let Some(item) = runs.range((from, "", 0)..).map_err(|e| s(&e))?.next() {
-        let run = item.map_err(|e| s(&e))?.0.value().0;
+    for run in run_keys(txn)? {
         for item in runs
             .range((run, id, 0)..=(run, id, u8::MAX))
             .map_err(|e| s(&e))?
         {
             let (k, v) = item.map_err(|e| s(&e))?;
             found.insert(k.value().2, v.value().to_vec());
-        }
-        match run.checked_add(1) {
-            Some(next) => from = next,
-            None => break,
         }
     }
     let recent = txn.open_table(RECENT).map_err(|e| s(&e))?;
@@ -519,9 +567,11 @@ mod tests {
             }
             // Both seals done: only the empty newest chunk is left.
             commit_until(&store, |(chunks, runs)| runs == 8 && chunks == 1).await;
+            assert_eq!(store.trace_index(), (2, 0), "(runs, waiting)");
             store.close();
         }
         let store = Store::open_with_runs(dir.path(), 4, 100).unwrap();
+        assert_eq!(store.trace_index(), (2, 0), "(runs, waiting) as loaded");
         let mut want: HashMap<String, BTreeMap<u8, u64>> = HashMap::new();
         for (n, i) in ids.iter().enumerate().take(12) {
             want.insert(i.clone(), BTreeMap::from([(1, n as u64)]));
@@ -534,6 +584,7 @@ mod tests {
         write(&store, &[(ids[0].clone(), 1)]).await;
         want.insert(ids[0].clone(), BTreeMap::from([(1, 12)]));
         commit_until(&store, |(chunks, runs)| runs == 12 && chunks == 2).await;
+        assert_eq!(store.trace_index(), (3, 1), "(runs, waiting)");
         check(&store, &want, "with the newer entry in a chunk");
         // ...then from a later run.
         for (n, i) in ids.iter().enumerate().skip(12) {
@@ -541,6 +592,7 @@ mod tests {
             want.insert(i.clone(), BTreeMap::from([(1, n as u64 + 1)]));
         }
         commit_until(&store, |(chunks, runs)| runs == 16 && chunks == 1).await;
+        assert_eq!(store.trace_index(), (4, 0), "(runs, waiting)");
         check(&store, &want, "with the newer entry in a later run");
         store.close();
     }

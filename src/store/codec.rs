@@ -187,10 +187,7 @@ impl<'a> Reader<'a> {
     /// A length-prefixed UTF-8 string, borrowed.
     pub(super) fn str(&mut self, what: &str) -> Result<&'a str, String> {
         let n = self.len(what)?;
-        let bytes = self
-            .take(n)
-            .ok_or_else(|| format!("{what} runs past the end"))?;
-        std::str::from_utf8(bytes).map_err(|e| format!("{what} is not UTF-8: {e}"))
+        self.utf8(n, what)
     }
 
     fn event(mut self) -> Result<Event, String> {
@@ -245,22 +242,22 @@ impl<'a> Reader<'a> {
         Some(s)
     }
 
-    fn bytes(&mut self, n: u64, what: &str) -> Result<String, String> {
+    /// The next `n` bytes as UTF-8, borrowed.
+    fn utf8(&mut self, n: u64, what: &str) -> Result<&'a str, String> {
         let s = self
             .take(n)
             .ok_or_else(|| format!("{what} runs past the end of the record"))?;
-        String::from_utf8(s.to_vec()).map_err(|e| format!("{what} is not UTF-8: {e}"))
+        std::str::from_utf8(s).map_err(|e| format!("{what} is not UTF-8: {e}"))
     }
 
     fn string(&mut self, what: &str) -> Result<String, String> {
-        let n = self.len(what)?;
-        self.bytes(n, what)
+        self.str(what).map(str::to_owned)
     }
 
     fn opt(&mut self, what: &str) -> Result<Option<String>, String> {
         match self.len(what)? {
             0 => Ok(None),
-            n => self.bytes(n - 1, what).map(Some),
+            n => self.utf8(n - 1, what).map(|s| Some(s.to_owned())),
         }
     }
 }

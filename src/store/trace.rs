@@ -107,6 +107,8 @@ pub(super) struct Index {
     next_seq: u64,
     /// Entries in chunks that no seal has taken yet.
     pending: usize,
+    /// Entries in chunks, a seal's included until it ends (`stats.waiting`).
+    in_chunks: usize,
     /// A seal being put together off the writer thread (reading and
     /// sorting thousands of entries would hold up every write queued).
     preparing: Option<Preparing>,
@@ -171,6 +173,7 @@ impl Index {
             slice: slice.max(1),
             next_seq: 0,
             pending: 0,
+            in_chunks: 0,
             preparing: None,
             seal: None,
         };
@@ -184,10 +187,11 @@ impl Index {
         let runs = run_keys(&txn).map_err(|e| e.to_string())?;
         index.newest_run = runs.last().copied();
         index.stats.runs.store(runs.len() as u64, Ordering::Relaxed);
+        index.in_chunks = index.pending;
         index
             .stats
             .waiting
-            .store(index.pending as u64, Ordering::Relaxed);
+            .store(index.in_chunks as u64, Ordering::Relaxed);
         Ok(index)
     }
 
@@ -271,9 +275,7 @@ impl Index {
             self.next_seq += 1;
         }
         self.pending += step.added;
-        self.stats
-            .waiting
-            .fetch_add(step.added as u64, Ordering::Relaxed);
+        self.in_chunks += step.added;
         if let (Some(seal), Some(copied)) = (&mut self.seal, step.copied) {
             seal.copied = copied;
             if copied == seal.entries.len() {
@@ -281,14 +283,13 @@ impl Index {
                     self.newest_run = Some(seal.first);
                     self.stats.runs.fetch_add(1, Ordering::Relaxed);
                 }
-                let left = self.stats.waiting.load(Ordering::Relaxed);
-                self.stats.waiting.store(
-                    left.saturating_sub(seal.in_chunks as u64),
-                    Ordering::Relaxed,
-                );
+                self.in_chunks = self.in_chunks.saturating_sub(seal.in_chunks);
                 self.seal = None;
             }
         }
+        self.stats
+            .waiting
+            .store(self.in_chunks as u64, Ordering::Relaxed);
         if self.seal.is_none() && self.preparing.is_none() && self.pending >= self.run_entries {
             // Every chunk there is, up to the one just written.
             let (db, last) = (self.db.clone(), self.next_seq.saturating_sub(1));

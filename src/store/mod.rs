@@ -195,20 +195,16 @@ impl Store {
     /// Opens (or creates) the store in `dir` with a page cache of
     /// `cache_mb` MiB.
     pub fn open_with_cache(dir: &Path, cache_mb: usize) -> Result<Self, StoreError> {
-        Self::open_inner(dir, cache_mb, (trace::RUN_ENTRIES, trace::SLICE))
+        Self::open_inner(dir, cache_mb, trace::Shape::DEFAULT)
     }
 
-    /// With trace runs of `run_entries`, sealed `slice` entries per commit.
+    /// With the trace index sized by `shape`.
     #[cfg(test)]
-    fn open_with_runs(dir: &Path, run_entries: usize, slice: usize) -> Result<Self, StoreError> {
-        Self::open_inner(dir, DEFAULT_CACHE_MB, (run_entries, slice))
+    fn open_with_runs(dir: &Path, shape: trace::Shape) -> Result<Self, StoreError> {
+        Self::open_inner(dir, DEFAULT_CACHE_MB, shape)
     }
 
-    fn open_inner(
-        dir: &Path,
-        cache_mb: usize,
-        (run_entries, slice): (usize, usize),
-    ) -> Result<Self, StoreError> {
+    fn open_inner(dir: &Path, cache_mb: usize, shape: trace::Shape) -> Result<Self, StoreError> {
         let open_err = |e: redb::Error| StoreError::Open {
             path: dir.to_path_buf(),
             source: Box::new(e),
@@ -233,12 +229,14 @@ impl Store {
                 .map_err(|e| open_err(e.into()))?;
             txn.open_table(trace::RUNS)
                 .map_err(|e| open_err(e.into()))?;
+            txn.open_table(trace::RUN_LEVELS)
+                .map_err(|e| open_err(e.into()))?;
         }
         txn.commit().map_err(|e| open_err(e.into()))?;
         let db = Arc::new(db);
         let trace_stats = Arc::new(trace::Stats::default());
-        let index = trace::Index::load(db.clone(), trace_stats.clone(), run_entries, slice)
-            .map_err(StoreError::Read)?;
+        let index =
+            trace::Index::load(db.clone(), trace_stats.clone(), shape).map_err(StoreError::Read)?;
         let (tx, rx) = mpsc::channel::<Job>();
         let inner = Arc::new(Inner {
             db: db.clone(),

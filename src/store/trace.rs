@@ -21,9 +21,21 @@
 //!   answer lookups as well. If the router stops halfway, the next seal
 //!   starts from the same first chunk and writes the same keys again;
 //! * a lookup reads the old id-keyed `trace` table (entries written before
-//!   this layout), each run, then the chunks: newer places win.
+//!   this layout), each run, then the chunks: newer places win;
+//! * runs are merged so that a lookup's point reads stay few: once
+//!   [`FAN_IN`] neighbouring runs are of one level (how many merges their
+//!   entries went through), the writer copies the newest entry of each id
+//!   among them into a new run just after them, in id order (so at the
+//!   right edge of it), a slice a commit, and then deletes them, a slice a
+//!   commit. The
+//!   runs grow by levels, so their number grows with the logarithm of the
+//!   entries, not with the entries. Every state in between answers lookups
+//!   as the runs before it did (see [`Task`]), so a stop at any point
+//!   loses nothing: the next start deletes the runs a finished merge left
+//!   and merges again what an unfinished one did not finish.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
+use std::ops::Bound;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, mpsc};
 
@@ -38,6 +50,16 @@ pub(super) const LEGACY: TableDefinition<(&str, u8), &[u8]> = TableDefinition::n
 pub(super) const RECENT: TableDefinition<u64, &[u8]> = TableDefinition::new("trace_recent");
 /// `(first chunk of the run, input event id, writer)` → entry.
 pub(super) const RUNS: TableDefinition<(u64, &str, u8), &[u8]> = TableDefinition::new("trace_runs");
+/// Run key → its level: 0 when sealed, one more per merge. A run without
+/// one (sealed before merging existed) is of level 0.
+pub(super) const RUN_LEVELS: TableDefinition<u64, u8> = TableDefinition::new("trace_run_levels");
+/// The level of a run whose entries a merge copied into a newer run: it
+/// is being deleted.
+const DEAD: u8 = u8::MAX;
+/// Added to the level a merge's new run will have while it is written, so
+/// that a start after a stop finishes that merge rather than taking the
+/// part written for a run of its own.
+const BUILDING: u8 = 0x80;
 
 /// Entries waiting in chunks before they are sorted into a run. A lookup
 /// reads at most about this many from the chunks; the runs are one point
@@ -47,6 +69,31 @@ pub(super) const RUN_ENTRIES: usize = 16_384;
 /// least twice what the commit adds): small, so that a commit of one event
 /// is not held up by it.
 pub(super) const SLICE: usize = 64;
+/// Neighbouring runs of one level merged into one. A lookup reads at most
+/// `FAN_IN - 1` runs a level (plus those being merged), about a
+/// microsecond each, so a wide fan-in costs lookups little; each entry is
+/// copied once a level, and the levels are fewer the wider it is. With 16,
+/// a billion entries (61,000 seals) make four levels of at most 15 runs.
+pub(super) const FAN_IN: usize = 16;
+
+/// How the index sizes its runs and its work per commit.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Shape {
+    /// Entries waiting in chunks before they are sealed into a run.
+    pub(super) run_entries: usize,
+    /// Entries a seal, a merge or a deletion takes per commit, at least.
+    pub(super) slice: usize,
+    /// Runs of one level merged into one (below 2: never).
+    pub(super) fan_in: usize,
+}
+
+impl Shape {
+    pub(super) const DEFAULT: Shape = Shape {
+        run_entries: RUN_ENTRIES,
+        slice: SLICE,
+        fan_in: FAN_IN,
+    };
+}
 
 /// Appends one entry to a chunk: `len id | writer | len entry`.
 pub(super) fn put_entry(chunk: &mut Vec<u8>, id: &str, writer: u8, entry: &[u8]) {
@@ -99,10 +146,16 @@ pub(super) struct Stats {
 pub(super) struct Index {
     db: Arc<Database>,
     stats: Arc<Stats>,
-    /// The newest run's key: a seal under it adds no run.
-    newest_run: Option<u64>,
+    /// The finished runs, oldest first: those below the oldest chunk. (A
+    /// run keyed at the oldest chunk is the one a seal is writing.)
+    runs: Vec<Run>,
+    /// Merges and deletions under way, each a slice a commit.
+    tasks: Vec<Task>,
+    /// The key of the oldest chunk: runs from it on are a seal's.
+    oldest_chunk: Option<u64>,
     run_entries: usize,
     slice: usize,
+    fan_in: usize,
     /// The key of the next chunk.
     next_seq: u64,
     /// Entries in chunks that no seal has taken yet.
@@ -146,6 +199,45 @@ pub(super) struct Seal {
     copied: usize,
 }
 
+/// A finished run as the writer sees it.
+#[derive(Clone, Debug, PartialEq)]
+struct Run {
+    key: u64,
+    /// [`DEAD`] once a merge has copied its entries into a newer run.
+    level: u8,
+    /// In a merge under way.
+    busy: bool,
+}
+
+/// Work on the runs, done a slice a commit. Why lookups stay right in
+/// every state in between (they read the runs oldest first, newer winning):
+/// the run a merge writes into (its target) comes after every run of its
+/// group and before any other run, so
+///
+/// * while the merge copies, the target holds, for the ids copied so far,
+///   the newest entry of the group, and is read after the group;
+/// * once the copy is done, it holds the newest entry of the group for
+///   every id, so the group's other runs can go, in any order.
+///
+/// The target is a new key just after the group's newest run (keys are
+/// the first chunk of a seal, so the chunks a seal took leave room), or,
+/// when there is no room, the newest run itself: its own entries are the
+/// newest of the group already, so the copy only adds to it, in the
+/// middle of its keys (dearer), and it is not deleted.
+#[derive(Clone, Debug, PartialEq)]
+enum Task {
+    /// Copying, for the ids after `after` in order, the newest entry in
+    /// `group` (neighbouring runs of `level`, oldest first) into `into`.
+    Merge {
+        group: Vec<u64>,
+        into: u64,
+        level: u8,
+        after: Option<(String, u8)>,
+    },
+    /// Deleting runs a merge copied, one at a time.
+    Delete(VecDeque<u64>),
+}
+
 /// What a commit changed in the index, applied once it is durable
 /// ([`Index::committed`]).
 #[derive(Debug, Default)]
@@ -154,50 +246,96 @@ pub(super) struct Step {
     added: usize,
     /// How many of the seal's entries are in `trace_runs` with this commit.
     copied: Option<usize>,
+    /// The runs and the tasks as this commit leaves them, if it worked on
+    /// them.
+    tasks: Option<(Vec<Run>, Vec<Task>)>,
 }
 
 impl Index {
     /// The index as the store holds it (run once, when the store opens),
-    /// with runs of `run_entries` copied at least `slice` a commit.
-    pub(super) fn load(
-        db: Arc<Database>,
-        stats: Arc<Stats>,
-        run_entries: usize,
-        slice: usize,
-    ) -> Result<Self, String> {
+    /// sized by `shape`. Deletions a finished merge left are taken up
+    /// again; merges are planned afresh.
+    pub(super) fn load(db: Arc<Database>, stats: Arc<Stats>, shape: Shape) -> Result<Self, String> {
+        let s = |e: &dyn std::fmt::Display| e.to_string();
         let mut index = Index {
             db,
             stats,
-            newest_run: None,
-            run_entries: run_entries.max(1),
-            slice: slice.max(1),
+            runs: Vec::new(),
+            tasks: Vec::new(),
+            oldest_chunk: None,
+            run_entries: shape.run_entries.max(1),
+            slice: shape.slice.max(1),
+            fan_in: shape.fan_in,
             next_seq: 0,
             pending: 0,
             in_chunks: 0,
             preparing: None,
             seal: None,
         };
-        let txn = index.db.begin_read().map_err(|e| e.to_string())?;
-        let recent = txn.open_table(RECENT).map_err(|e| e.to_string())?;
-        for item in recent.iter().map_err(|e| e.to_string())? {
-            let (k, v) = item.map_err(|e| e.to_string())?;
+        let txn = index.db.begin_read().map_err(|e| s(&e))?;
+        let recent = txn.open_table(RECENT).map_err(|e| s(&e))?;
+        for item in recent.iter().map_err(|e| s(&e))? {
+            let (k, v) = item.map_err(|e| s(&e))?;
+            index.oldest_chunk.get_or_insert(k.value());
             index.next_seq = k.value() + 1;
             index.pending += readable(k.value(), v.value()).len();
         }
-        let runs = run_keys(&txn).map_err(|e| e.to_string())?;
-        index.newest_run = runs.last().copied();
-        index.stats.runs.store(runs.len() as u64, Ordering::Relaxed);
+        let levels = txn.open_table(RUN_LEVELS).map_err(|e| s(&e))?;
+        let mut building = Vec::new();
+        for key in run_keys(&txn)? {
+            if index.oldest_chunk.is_some_and(|c| key >= c) {
+                // A seal's, cut short: it is finished when that seal is
+                // done again.
+                continue;
+            }
+            let level = levels.get(key).map_err(|e| s(&e))?.map_or(0, |l| l.value());
+            if level != DEAD && level & BUILDING != 0 {
+                building.push((key, level & !BUILDING));
+                continue;
+            }
+            index.runs.push(Run {
+                key,
+                level,
+                busy: false,
+            });
+        }
+        let mut dead: VecDeque<u64> = (index.runs.iter())
+            .filter(|r| r.level == DEAD)
+            .map(|r| r.key)
+            .collect();
+        for (into, level) in building {
+            // Its group: the runs just before it, as the merge found them.
+            let at = index.runs.partition_point(|r| r.key < into);
+            let from = at.saturating_sub(index.fan_in);
+            let group = &mut index.runs[from..at];
+            let whole = index.fan_in >= 2 && group.len() == index.fan_in && level > 0;
+            if whole && group.iter().all(|r| !r.busy && r.level == level - 1) {
+                for run in group.iter_mut() {
+                    run.busy = true;
+                }
+                index.tasks.push(Task::Merge {
+                    group: group.iter().map(|r| r.key).collect(),
+                    into,
+                    level: level - 1,
+                    after: None,
+                });
+            } else {
+                dead.push_back(into);
+            }
+        }
+        if !dead.is_empty() {
+            index.tasks.push(Task::Delete(dead));
+        }
+        index.plan();
         index.in_chunks = index.pending;
-        index
-            .stats
-            .waiting
-            .store(index.in_chunks as u64, Ordering::Relaxed);
+        index.show();
         Ok(index)
     }
 
     /// Writes `chunk` (this commit's entries, `added` of them) and this
-    /// commit's share of a seal, in `txn`. What was written counts only
-    /// once the commit is durable ([`Index::committed`]).
+    /// commit's share of a seal and of the merges and deletions, in `txn`.
+    /// What was written counts only once the commit is durable
+    /// ([`Index::committed`]).
     pub(super) fn write(
         &mut self,
         txn: &WriteTransaction,
@@ -221,28 +359,117 @@ impl Index {
         if added > 0 {
             recent.insert(self.next_seq, chunk).map_err(|e| s(&e))?;
         }
-        let Some(seal) = &self.seal else {
-            return Ok(step);
-        };
         // At least twice what this commit added, so that sealing always
         // outpaces arrivals and the chunks stay near `run_entries`.
         let slice = self.slice.max(added.saturating_mul(2));
-        let end = (seal.copied + slice).min(seal.entries.len());
-        let mut runs = txn.open_table(RUNS).map_err(|e| s(&e))?;
-        for (id, writer, entry) in &seal.entries[seal.copied..end] {
-            runs.insert((seal.first, id.as_str(), *writer), entry.as_slice())
-                .map_err(|e| s(&e))?;
+        if let Some(seal) = &self.seal {
+            let end = (seal.copied + slice).min(seal.entries.len());
+            let mut runs = txn.open_table(RUNS).map_err(|e| s(&e))?;
+            for (id, writer, entry) in &seal.entries[seal.copied..end] {
+                runs.insert((seal.first, id.as_str(), *writer), entry.as_slice())
+                    .map_err(|e| s(&e))?;
+            }
+            if end == seal.entries.len() {
+                // The newest chunk stays, empty, so that sequence numbers go
+                // on from it; the next seal starts at it.
+                recent
+                    .retain_in(seal.first..seal.last, |_, _| false)
+                    .map_err(|e| s(&e))?;
+                recent.insert(seal.last, &[][..]).map_err(|e| s(&e))?;
+                let mut levels = txn.open_table(RUN_LEVELS).map_err(|e| s(&e))?;
+                levels.insert(seal.first, 0).map_err(|e| s(&e))?;
+            }
+            step.copied = Some(end);
         }
-        if end == seal.entries.len() {
-            // The newest chunk stays, empty, so that sequence numbers go on
-            // from it; the next seal starts at it.
-            recent
-                .retain_in(seal.first..seal.last, |_, _| false)
-                .map_err(|e| s(&e))?;
-            recent.insert(seal.last, &[][..]).map_err(|e| s(&e))?;
+        if added > 0 && !self.tasks.is_empty() {
+            // Twice what arrives, at least: each level's merges then
+            // outpace the runs the level below makes.
+            step.tasks = Some(self.work(txn, slice)?);
         }
-        step.copied = Some(end);
         Ok(step)
+    }
+
+    /// One slice, of `budget` entries, of each task: the runs and tasks as
+    /// they are after it.
+    fn work(&self, txn: &WriteTransaction, budget: usize) -> Result<(Vec<Run>, Vec<Task>), String> {
+        let s = |e: &dyn std::fmt::Display| e.to_string();
+        let mut runs = txn.open_table(RUNS).map_err(|e| s(&e))?;
+        let mut levels = txn.open_table(RUN_LEVELS).map_err(|e| s(&e))?;
+        let mut list = self.runs.clone();
+        let mut tasks = Vec::with_capacity(self.tasks.len());
+        for task in &self.tasks {
+            match task {
+                Task::Merge {
+                    group,
+                    into,
+                    level,
+                    after,
+                } => {
+                    if after.is_none() && !group.contains(into) {
+                        levels
+                            .insert(*into, (level + 1) | BUILDING)
+                            .map_err(|e| s(&e))?;
+                    }
+                    match merge_slice(&mut runs, group, *into, after.as_ref(), budget)? {
+                        Some(next) => tasks.push(Task::Merge {
+                            group: group.clone(),
+                            into: *into,
+                            level: *level,
+                            after: Some(next),
+                        }),
+                        None => {
+                            let merged = Run {
+                                key: *into,
+                                level: level + 1,
+                                busy: false,
+                            };
+                            levels.insert(merged.key, merged.level).map_err(|e| s(&e))?;
+                            let dead: VecDeque<u64> =
+                                group.iter().copied().filter(|k| k != into).collect();
+                            for key in &dead {
+                                levels.insert(*key, DEAD).map_err(|e| s(&e))?;
+                            }
+                            for run in list.iter_mut().filter(|r| group.contains(&r.key)) {
+                                run.busy = false;
+                                run.level = DEAD;
+                            }
+                            match list.iter().position(|r| r.key >= merged.key) {
+                                Some(i) if list[i].key == merged.key => list[i] = merged,
+                                Some(i) => list.insert(i, merged),
+                                None => list.push(merged),
+                            }
+                            tasks.push(Task::Delete(dead));
+                        }
+                    }
+                }
+                Task::Delete(queue) => {
+                    let mut queue = queue.clone();
+                    if let Some(&run) = queue.front()
+                        && delete_slice(&mut runs, run, budget)?
+                    {
+                        levels.remove(run).map_err(|e| s(&e))?;
+                        list.retain(|r| r.key != run);
+                        queue.pop_front();
+                    }
+                    if !queue.is_empty() {
+                        tasks.push(Task::Delete(queue));
+                    }
+                }
+            }
+        }
+        Ok((list, tasks))
+    }
+
+    /// Starts the merges [`plan`] finds.
+    fn plan(&mut self) {
+        let merges = plan(&mut self.runs, self.fan_in, self.oldest_chunk);
+        self.tasks.extend(merges);
+    }
+
+    /// Mirrors the runs and the waiting entries into the gauges.
+    fn show(&self) {
+        (self.stats.runs).store(self.runs.len() as u64, Ordering::Relaxed);
+        (self.stats.waiting).store(self.in_chunks as u64, Ordering::Relaxed);
     }
 
     /// A seal put together off the writer thread, once it is ready.
@@ -267,29 +494,44 @@ impl Index {
         }
     }
 
-    /// Applies a durable commit's [`Step`], and asks for the next seal when
-    /// enough entries wait. (After a failed commit there is nothing to
-    /// apply: its slice of the seal is copied again by the next.)
+    /// Applies a durable commit's [`Step`], plans the merges it made
+    /// possible, and asks for the next seal when enough entries wait.
+    /// (After a failed commit there is nothing to apply: its slices are
+    /// written again by the next.)
     pub(super) fn committed(&mut self, step: Step) {
         if step.added > 0 {
+            self.oldest_chunk.get_or_insert(self.next_seq);
             self.next_seq += 1;
         }
         self.pending += step.added;
         self.in_chunks += step.added;
+        let mut changed = false;
+        if let Some((runs, tasks)) = step.tasks {
+            (self.runs, self.tasks, changed) = (runs, tasks, true);
+        }
         if let (Some(seal), Some(copied)) = (&mut self.seal, step.copied) {
             seal.copied = copied;
             if copied == seal.entries.len() {
-                if self.newest_run != Some(seal.first) {
-                    self.newest_run = Some(seal.first);
-                    self.stats.runs.fetch_add(1, Ordering::Relaxed);
+                // A seal of one chunk leaves its run keyed at the oldest
+                // chunk, where the next seal writes too: it is finished
+                // with that one.
+                if seal.first < seal.last && self.runs.last().is_none_or(|r| r.key < seal.first) {
+                    self.runs.push(Run {
+                        key: seal.first,
+                        level: 0,
+                        busy: false,
+                    });
+                    changed = true;
                 }
                 self.in_chunks = self.in_chunks.saturating_sub(seal.in_chunks);
+                self.oldest_chunk = Some(seal.last);
                 self.seal = None;
             }
         }
-        self.stats
-            .waiting
-            .store(self.in_chunks as u64, Ordering::Relaxed);
+        if changed {
+            self.plan();
+        }
+        self.show();
         if self.seal.is_none() && self.preparing.is_none() && self.pending >= self.run_entries {
             // Every chunk there is, up to the one just written.
             let (db, last) = (self.db.clone(), self.next_seq.saturating_sub(1));
@@ -306,6 +548,175 @@ impl Index {
                 }
                 Err(e) => tracing::warn!(error = %e, "could not start sorting trace entries"),
             }
+        }
+    }
+}
+
+/// A merge of each `fan_in` neighbouring runs of one level that no task
+/// holds, oldest first; their runs are marked busy. Keys from
+/// `oldest_chunk` on are a seal's.
+fn plan(runs: &mut [Run], fan_in: usize, oldest_chunk: Option<u64>) -> Vec<Task> {
+    let mut merges = Vec::new();
+    if fan_in < 2 {
+        return merges;
+    }
+    let mut i = 0;
+    while i + fan_in <= runs.len() {
+        let window = &runs[i..i + fan_in];
+        let level = window[0].level;
+        let mergeable = level < BUILDING - 1 && window.iter().all(|r| !r.busy && r.level == level);
+        if !mergeable {
+            i += 1;
+            continue;
+        }
+        let newest = window[fan_in - 1].key;
+        let next = runs.get(i + fan_in).map(|r| r.key).or(oldest_chunk);
+        let into = match newest.checked_add(1) {
+            Some(key) if next.is_none_or(|n| key < n) => key,
+            _ => newest,
+        };
+        let group = window.iter().map(|r| r.key).collect();
+        for run in &mut runs[i..i + fan_in] {
+            run.busy = true;
+        }
+        merges.push(Task::Merge {
+            group,
+            into,
+            level,
+            after: None,
+        });
+        i += fan_in;
+    }
+    merges
+}
+
+/// An entry of a run, owned: id, writer, entry.
+type Owned = (String, u8, Vec<u8>);
+/// A key of `trace_runs`: run, input event id, writer.
+type RunKey<'a> = (u64, &'a str, u8);
+/// Both ends of a range of `trace_runs`.
+type RunRange<'a> = (Bound<RunKey<'a>>, Bound<RunKey<'a>>);
+
+/// The keys of run `run` after `after` (all of them without).
+fn run_bounds(run: u64, after: Option<&(String, u8)>) -> RunRange<'_> {
+    let lower = match after {
+        Some((id, writer)) => Bound::Excluded((run, id.as_str(), *writer)),
+        None => Bound::Included((run, "", 0)),
+    };
+    let upper = match run.checked_add(1) {
+        Some(next) => Bound::Excluded((next, "", 0)),
+        None => Bound::Unbounded,
+    };
+    (lower, upper)
+}
+
+/// Up to `n` entries of run `run` after `after`, in order.
+fn read_run(
+    runs: &redb::Table<(u64, &str, u8), &[u8]>,
+    run: u64,
+    after: Option<&(String, u8)>,
+    n: usize,
+) -> Result<Vec<Owned>, String> {
+    let s = |e: &dyn std::fmt::Display| e.to_string();
+    let mut out = Vec::with_capacity(n);
+    for item in runs
+        .range(run_bounds(run, after))
+        .map_err(|e| s(&e))?
+        .take(n)
+    {
+        let (k, v) = item.map_err(|e| s(&e))?;
+        let (_, id, writer) = k.value();
+        out.push((id.to_owned(), writer, v.value().to_vec()));
+    }
+    Ok(out)
+}
+
+/// Copies, for the next ids after `after`, the newest entry in `group`
+/// into run `into`, reading about `budget` entries: where the next slice
+/// starts, or none once the merge is done.
+fn merge_slice(
+    runs: &mut redb::Table<(u64, &str, u8), &[u8]>,
+    group: &[u64],
+    into: u64,
+    after: Option<&(String, u8)>,
+    budget: usize,
+) -> Result<Option<(String, u8)>, String> {
+    let per_run = (budget / group.len()).max(1);
+    let mut read = Vec::with_capacity(group.len());
+    // Each run read up to its limit may hold more after what was read: the
+    // slice ends at the first such end, so no id past it is merged without
+    // all of its entries.
+    let mut end: Option<(String, u8)> = None;
+    for &run in group {
+        let entries = read_run(runs, run, after, per_run)?;
+        if entries.len() == per_run
+            && let Some((id, writer, _)) = entries.last()
+            && end
+                .as_ref()
+                .is_none_or(|(eid, ew)| (id, writer) < (eid, ew))
+        {
+            end = Some((id.clone(), *writer));
+        }
+        read.push(entries);
+    }
+    let mut newest: BTreeMap<(String, u8), (usize, Vec<u8>)> = BTreeMap::new();
+    for (g, entries) in read.into_iter().enumerate() {
+        for (id, writer, entry) in entries {
+            if end
+                .as_ref()
+                .is_some_and(|(eid, ew)| (&id, &writer) > (eid, ew))
+            {
+                break;
+            }
+            // Newer runs come later and win.
+            newest.insert((id, writer), (g, entry));
+        }
+    }
+    for ((id, writer), (g, entry)) in &newest {
+        // Merging into its newest run: that run's own entries are in place.
+        if group[*g] != into {
+            runs.insert((into, id.as_str(), *writer), entry.as_slice())
+                .map_err(|e| e.to_string())?;
+        }
+    }
+    Ok(end)
+}
+
+/// Deletes up to `budget` of run `run`'s entries, from its start: whether
+/// it is gone.
+fn delete_slice(
+    runs: &mut redb::Table<(u64, &str, u8), &[u8]>,
+    run: u64,
+    budget: usize,
+) -> Result<bool, String> {
+    let s = |e: &dyn std::fmt::Display| e.to_string();
+    let budget = budget.max(1);
+    let mut last = None;
+    let mut n = 0;
+    for item in runs
+        .range(run_bounds(run, None))
+        .map_err(|e| s(&e))?
+        .take(budget + 1)
+    {
+        let (k, _) = item.map_err(|e| s(&e))?;
+        n += 1;
+        if n == budget {
+            let (_, id, writer) = k.value();
+            last = Some((id.to_owned(), writer));
+        }
+    }
+    match last {
+        Some((id, writer)) if n > budget => {
+            let (lower, _) = run_bounds(run, None);
+            let upper = Bound::Included((run, id.as_str(), writer));
+            runs.retain_in((lower, upper), |_, _| false)
+                .map_err(|e| s(&e))?;
+            Ok(false)
+        }
+        _ => {
+            runs.retain_in(run_bounds(run, None), |_, _| false)
+                .map_err(|e| s(&e))?;
+            Ok(true)
         }
     }
 }
@@ -397,6 +808,15 @@ mod tests {
     use crate::event::sample as ev;
     use crate::store::{Store, Trace, WriteBatch};
 
+    /// Runs of `run_entries`, copied `slice` a commit, never merged.
+    fn unmerged(run_entries: usize, slice: usize) -> Shape {
+        Shape {
+            run_entries,
+            slice,
+            fan_in: 0,
+        }
+    }
+
     /// A UUID-like id from `n`, so that sorted and written order differ.
     fn id(n: u64) -> String {
         format!("{:016x}", n.wrapping_mul(0x9e37_79b9_7f4a_7c15))
@@ -404,7 +824,12 @@ mod tests {
 
     /// One write of an input on topic `in` with `traces` (id, writer).
     async fn write(store: &Store, traces: &[(String, u8)]) {
-        let appends = vec![("in".to_string(), ev("x"))];
+        write_to(store, "in", traces).await
+    }
+
+    /// One write of an input on `topic` with `traces` (id, writer).
+    async fn write_to(store: &Store, topic: &str, traces: &[(String, u8)]) {
+        let appends = vec![(topic.to_string(), ev("x"))];
         let traces = traces
             .iter()
             .map(|(id, writer)| Trace {
@@ -481,7 +906,7 @@ mod tests {
     #[tokio::test]
     async fn entries_are_found_in_chunks_while_sealing_and_in_runs() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open_with_runs(dir.path(), 6, 2).unwrap();
+        let store = Store::open_with_runs(dir.path(), unmerged(6, 2)).unwrap();
         // The model: id → per writer, the offset of the input it last wrote.
         let mut want: HashMap<String, BTreeMap<u8, u64>> = HashMap::new();
         for n in 0..60u64 {
@@ -514,7 +939,7 @@ mod tests {
             // Nine chunks, and a run cut short: four of their entries
             // copied under the first chunk's number, as a stop halfway
             // through a seal leaves them.
-            let store = Store::open_with_runs(dir.path(), 1000, 1).unwrap();
+            let store = Store::open_with_runs(dir.path(), unmerged(1000, 1)).unwrap();
             for i in &ids[..9] {
                 write(&store, &[(i.clone(), 1)]).await;
             }
@@ -532,7 +957,7 @@ mod tests {
             txn.commit().unwrap();
             store.close();
         }
-        let store = Store::open_with_runs(dir.path(), 8, 64).unwrap();
+        let store = Store::open_with_runs(dir.path(), unmerged(8, 64)).unwrap();
         for i in &ids[9..] {
             write(&store, &[(i.clone(), 1)]).await;
         }
@@ -562,7 +987,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let ids: Vec<String> = (0..15).map(id).collect();
         {
-            let store = Store::open_with_runs(dir.path(), 4, 100).unwrap();
+            let store = Store::open_with_runs(dir.path(), unmerged(4, 100)).unwrap();
             for i in &ids[..8] {
                 write(&store, &[(i.clone(), 1)]).await;
             }
@@ -571,7 +996,7 @@ mod tests {
             assert_eq!(store.trace_index(), (2, 0), "(runs, waiting)");
             store.close();
         }
-        let store = Store::open_with_runs(dir.path(), 4, 100).unwrap();
+        let store = Store::open_with_runs(dir.path(), unmerged(4, 100)).unwrap();
         assert_eq!(store.trace_index(), (2, 0), "(runs, waiting) as loaded");
         let mut want: HashMap<String, BTreeMap<u8, u64>> = HashMap::new();
         for (n, i) in ids.iter().enumerate().take(12) {
@@ -598,10 +1023,210 @@ mod tests {
         store.close();
     }
 
+    /// Each run's level as stored, and its entries.
+    fn runs_as_stored(store: &Store) -> BTreeMap<u64, (Option<u8>, usize)> {
+        let txn = store.inner.db.begin_read().unwrap();
+        let levels = txn.open_table(RUN_LEVELS).unwrap();
+        let runs = txn.open_table(RUNS).unwrap();
+        let mut out: BTreeMap<u64, (Option<u8>, usize)> = BTreeMap::new();
+        for item in runs.iter().unwrap() {
+            let (k, _) = item.unwrap();
+            let run = k.value().0;
+            let level = levels.get(run).unwrap().map(|l| l.value());
+            out.entry(run).or_insert((level, 0)).1 += 1;
+        }
+        for item in levels.iter().unwrap() {
+            let (k, v) = item.unwrap();
+            assert!(
+                out.contains_key(&k.value()),
+                "level {} of no run",
+                v.value()
+            );
+        }
+        out
+    }
+
+    /// Writes with one entry each (for ids `tick-…`, on another topic, so
+    /// the inputs' offsets stay as they were) until `done` holds for the
+    /// runs as stored: merges and deletions go a slice a commit.
+    async fn tick_until(
+        store: &Store,
+        ticks: &mut u64,
+        done: impl Fn(&BTreeMap<u64, (Option<u8>, usize)>) -> bool,
+    ) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while !done(&runs_as_stored(store)) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "still {:?}",
+                runs_as_stored(store)
+            );
+            *ticks += 1;
+            write_to(store, "tick", &[(format!("tick-{ticks}"), 1)]).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn runs_are_merged_by_levels_and_every_answer_holds_meanwhile() {
+        let dir = tempfile::tempdir().unwrap();
+        let shape = Shape {
+            run_entries: 4,
+            slice: 1,
+            fan_in: 3,
+        };
+        let store = Store::open_with_runs(dir.path(), shape).unwrap();
+        let mut want: HashMap<String, BTreeMap<u8, u64>> = HashMap::new();
+        for n in 0..240u64 {
+            // A new id a write; every third write also writes an older id
+            // again, for either writer, so that newer runs must win.
+            let mut traces = vec![(id(n), 1)];
+            if n % 3 == 2 {
+                traces.push((id(n * 7 % (n + 1)), (n % 2) as u8));
+            }
+            // Now and then a run's worth of older ids in one write: its
+            // seal takes one chunk, the next seal writes under the same
+            // key, and a merge just before it has no room for a new run.
+            if n % 7 == 0 {
+                traces.extend((1..5).map(|k| (id(n * k / 5), 0)));
+            }
+            write(&store, &traces).await;
+            for (i, w) in &traces {
+                want.entry(i.clone()).or_default().insert(*w, n);
+            }
+            if n % 5 == 0 {
+                check(&store, &want, &format!("after write {n}"));
+            }
+        }
+        check(&store, &want, "after the writes");
+        store.close();
+        drop(store);
+        // Reopened with seals out of reach, so that the ticks below make
+        // no runs. Settled: nothing being deleted, and fewer than three
+        // finished runs of any level. (A run without a level is a seal's
+        // that the close cut short: it waits for that seal, out of reach.)
+        let store = Store::open_with_runs(
+            dir.path(),
+            Shape {
+                run_entries: 100_000,
+                ..shape
+            },
+        )
+        .unwrap();
+        check(&store, &want, "reopened");
+        let mut ticks = 0;
+        tick_until(&store, &mut ticks, |runs| {
+            let mut per_level: BTreeMap<u8, usize> = BTreeMap::new();
+            for level in runs.values().filter_map(|(l, _)| *l) {
+                *per_level.entry(level).or_default() += 1;
+            }
+            !per_level.contains_key(&DEAD) && per_level.values().all(|&n| n < 3)
+        })
+        .await;
+        check(&store, &want, "once merged");
+        let runs = runs_as_stored(&store);
+        let finished: Vec<u8> = runs.values().filter_map(|(l, _)| *l).collect();
+        let top = finished.iter().copied().max().unwrap();
+        assert!(top >= 2, "merges of merged runs: {runs:?}");
+        // Far fewer runs than seals (one per four or so of the entries).
+        assert!(finished.len() <= 2 * (top as usize + 1), "{runs:?}");
+        assert!(runs.len() <= finished.len() + 1, "{runs:?}");
+        assert_eq!(store.trace_index().0 as usize, finished.len());
+        store.close();
+        drop(store);
+        // As loaded again.
+        let store = Store::open_with_runs(dir.path(), shape).unwrap();
+        check(&store, &want, "after a reopen");
+        store.close();
+    }
+
+    #[tokio::test]
+    async fn a_merge_or_its_deletions_cut_short_are_taken_up_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut want: HashMap<String, BTreeMap<u8, u64>> = HashMap::new();
+        // Four runs of four writes, never merged; some ids written again
+        // in later runs, and for the other writer.
+        let before = {
+            let store = Store::open_with_runs(dir.path(), unmerged(4, 64)).unwrap();
+            for n in 0..16u64 {
+                let mut traces = vec![(id(n), 1)];
+                if n >= 4 && n % 2 == 0 {
+                    traces.push((id(n / 2 - 1), (n % 4 / 2) as u8));
+                }
+                write(&store, &traces).await;
+                for (i, w) in &traces {
+                    want.entry(i.clone()).or_default().insert(*w, n);
+                }
+            }
+            commit_until(&store, |(chunks, _)| chunks == 1).await;
+            let before = runs_as_stored(&store);
+            assert!(before.len() >= 4, "{before:?}");
+            assert_eq!(
+                store.trace_index(),
+                (before.len() as u64, 0),
+                "(runs, waiting)"
+            );
+            store.close();
+            before
+        };
+        // The first four merge into a new run after the fourth.
+        let group: Vec<u64> = before.keys().take(4).copied().collect();
+        let merged = group[3] + 1;
+        assert!(before.keys().all(|k| *k != merged), "{before:?}");
+        // Merged a slice of one entry per run a commit (seals never start:
+        // the ticks stay in chunks). Stopped halfway through the copy...
+        let merging = Shape {
+            run_entries: 1000,
+            slice: 4,
+            fan_in: 4,
+        };
+        let mut ticks = 0;
+        {
+            let store = Store::open_with_runs(dir.path(), merging).unwrap();
+            tick_until(&store, &mut ticks, |runs| {
+                runs.get(&merged).is_some_and(|(_, n)| *n >= 4)
+            })
+            .await;
+            let runs = runs_as_stored(&store);
+            assert_eq!(runs[&merged].0, Some(1 | BUILDING), "{runs:?}");
+            assert!(!runs.values().any(|(l, _)| *l == Some(DEAD)));
+            check(&store, &want, "halfway through the copy");
+            store.close();
+        }
+        // ...then, taken up into the same run, halfway through deleting.
+        {
+            let store = Store::open_with_runs(dir.path(), merging).unwrap();
+            check(&store, &want, "reopened halfway through the copy");
+            tick_until(&store, &mut ticks, |runs| {
+                runs.values().filter(|(l, _)| *l == Some(DEAD)).count() == 3
+            })
+            .await;
+            let runs = runs_as_stored(&store);
+            assert_eq!(runs[&merged].0, Some(1), "{runs:?}");
+            // One of the group gone, the merged run added.
+            assert_eq!(runs.len(), before.len(), "{runs:?}");
+            check(&store, &want, "halfway through deleting");
+            store.close();
+        }
+        let store = Store::open_with_runs(dir.path(), merging).unwrap();
+        check(&store, &want, "reopened halfway through deleting");
+        tick_until(&store, &mut ticks, |runs| runs.len() == before.len() - 3).await;
+        let runs = runs_as_stored(&store);
+        assert_eq!(runs.keys().next(), Some(&merged));
+        assert_eq!(runs[&merged].0, Some(1));
+        assert!(
+            runs.values().skip(1).all(|(l, _)| *l == Some(0)),
+            "{runs:?}"
+        );
+        let left = runs.len() as u64;
+        assert_eq!(store.trace_index(), (left, ticks), "(runs, waiting)");
+        check(&store, &want, "merged into one run");
+        store.close();
+    }
+
     #[tokio::test]
     async fn entries_of_the_old_layout_are_still_found_and_newer_ones_win() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open_with_runs(dir.path(), 4, 4).unwrap();
+        let store = Store::open_with_runs(dir.path(), unmerged(4, 4)).unwrap();
         {
             let txn = store.inner.db.begin_write().unwrap();
             let mut legacy = txn.open_table(LEGACY).unwrap();
@@ -626,7 +1251,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let ids: Vec<String> = (0..6).map(id).collect();
         {
-            let store = Store::open_with_runs(dir.path(), 1000, 64).unwrap();
+            let store = Store::open_with_runs(dir.path(), unmerged(1000, 64)).unwrap();
             for i in &ids[..3] {
                 write(&store, &[(i.clone(), 1)]).await;
             }
@@ -641,7 +1266,7 @@ mod tests {
         }
         // The store opens, the other entries are found, and a seal over
         // the damaged chunk goes through (dropping it).
-        let store = Store::open_with_runs(dir.path(), 4, 64).unwrap();
+        let store = Store::open_with_runs(dir.path(), unmerged(4, 64)).unwrap();
         for i in &ids[3..] {
             write(&store, &[(i.clone(), 1)]).await;
         }
@@ -655,6 +1280,67 @@ mod tests {
         commit_until(&store, |(chunks, runs)| runs == 4 && chunks == 2).await;
         check(&store, &want, "after the seal that dropped it");
         store.close();
+    }
+
+    #[test]
+    fn merges_take_free_neighbours_of_one_level_into_a_key_after_them() {
+        let run = |key, level| Run {
+            key,
+            level,
+            busy: false,
+        };
+        let merge = |group: Vec<u64>, into, level| Task::Merge {
+            group,
+            into,
+            level,
+            after: None,
+        };
+        // Oldest first; a window of three is never split or reused. The
+        // new run goes just after the newest of its group.
+        let mut runs = vec![
+            run(0, 1),
+            run(10, 1),
+            run(20, 1),
+            run(30, 1),
+            run(40, 0),
+            run(50, 0),
+            run(60, 0),
+        ];
+        assert_eq!(
+            plan(&mut runs, 3, Some(70)),
+            vec![
+                merge(vec![0, 10, 20], 21, 1),
+                merge(vec![40, 50, 60], 61, 0)
+            ]
+        );
+        assert!(
+            runs.iter()
+                .filter(|r| r.busy)
+                .map(|r| r.key)
+                .eq([0, 10, 20, 40, 50, 60])
+        );
+        assert_eq!(
+            plan(&mut runs, 3, Some(70)),
+            vec![],
+            "busy runs are not merged twice"
+        );
+        // No room after the newest (the next run, or a seal's at the oldest
+        // chunk): it is the target itself.
+        let mut runs = vec![run(0, 0), run(1, 0), run(2, 0), run(3, 0)];
+        assert_eq!(
+            plan(&mut runs, 2, Some(4)),
+            vec![merge(vec![0, 1], 1, 0), merge(vec![2, 3], 3, 0)]
+        );
+        let mut runs = vec![run(u64::MAX - 1, 0), run(u64::MAX, 0)];
+        assert_eq!(
+            plan(&mut runs, 2, None),
+            vec![merge(vec![u64::MAX - 1, u64::MAX], u64::MAX, 0)]
+        );
+        // Dead runs are never merged, nor are windows across them.
+        let mut runs = vec![run(0, 0), run(5, DEAD), run(10, 0), run(15, 0)];
+        assert_eq!(plan(&mut runs, 2, None), vec![merge(vec![10, 15], 16, 0)]);
+        let mut runs = vec![run(0, 0), run(1, 0)];
+        assert_eq!(plan(&mut runs, 0, None), vec![], "fan-in 0: never");
     }
 
     #[test]

@@ -229,6 +229,8 @@ impl Store {
                 .map_err(|e| open_err(e.into()))?;
             txn.open_table(trace::RUNS)
                 .map_err(|e| open_err(e.into()))?;
+            txn.open_table(trace::BLOCKS)
+                .map_err(|e| open_err(e.into()))?;
             txn.open_table(trace::RUN_LEVELS)
                 .map_err(|e| open_err(e.into()))?;
         }

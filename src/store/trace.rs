@@ -13,26 +13,29 @@
 //!   same transaction as the records the entries name;
 //! * once [`RUN_ENTRIES`] entries are waiting, a thread of its own reads and
 //!   sorts them by id (the writer thread would hold up every queued write
-//!   meanwhile), and the writer copies them into `trace_runs` under the
-//!   first chunk's sequence number, at least [`SLICE`] entries per commit,
-//!   so that each commit's share is a run of inserts at the right edge too;
+//!   meanwhile) and packs them into blocks of about [`BLOCK_BYTES`], each
+//!   keyed by its first id; the writer copies the blocks into
+//!   `trace_blocks` under the run's key (from the first chunk's sequence
+//!   number), a few per commit (at least [`SLICE`] entries), inserts at the
+//!   right edge of the tree again, one per block rather than one per entry;
 //!   the last slice deletes the chunks it copied, leaving the newest one
 //!   empty so that sequence numbers go on from it. Until then the chunks
 //!   answer lookups as well. If the router stops halfway, the next seal
 //!   starts from the same first chunk and writes the same keys again;
-//! * a lookup reads the old id-keyed `trace` table (entries written before
-//!   this layout), each run, then the chunks: newer places win;
-//! * runs are merged so that a lookup's point reads stay few: once
-//!   [`FAN_IN`] neighbouring runs are of one level (how many merges their
-//!   entries went through), the writer copies the newest entry of each id
-//!   among them into a new run just after them, in id order (so at the
-//!   right edge of it), a slice a commit, and then deletes them, a slice a
-//!   commit. The
-//!   runs grow by levels, so their number grows with the logarithm of the
-//!   entries, not with the entries. Every state in between answers lookups
-//!   as the runs before it did (see [`Task`]), so a stop at any point
-//!   loses nothing: the next start deletes the runs a finished merge left
-//!   and merges again what an unfinished one did not finish.
+//! * a lookup reads the older layouts (the id-keyed `trace` table, then the
+//!   entry-keyed runs of `trace_runs`), then in each run the one block
+//!   whose first id is the last at or before the id, then the chunks:
+//!   newer places win;
+//! * runs are merged so that a lookup's reads stay few: once [`FAN_IN`]
+//!   neighbouring runs are of one level (how many merges their entries went
+//!   through), the writer copies the newest entry of each id among them
+//!   into a new run keyed just after them, in id order and in blocks, a
+//!   slice a commit, and then deletes them, a few blocks a commit. The runs
+//!   grow by levels, so their number grows with the logarithm of the
+//!   entries. Every state in between answers lookups as the runs before it
+//!   did (see [`Task`]), so a stop at any point loses nothing: the next
+//!   start deletes the runs a finished merge left and finishes a merge
+//!   that was cut short.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::ops::Bound;
@@ -40,18 +43,27 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, mpsc};
 
 use redb::{
-    Database, ReadTransaction, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction,
+    Database, ReadTransaction, ReadableDatabase, ReadableTable, Table, TableDefinition,
+    WriteTransaction,
 };
 
-/// `(input event id, writer)` → entry: the layout before runs. Read, never
+/// `(input event id, writer)` → entry: the first layout. Read, never
 /// written any more.
 pub(super) const LEGACY: TableDefinition<(&str, u8), &[u8]> = TableDefinition::new("trace");
+/// `(first chunk of the run, input event id, writer)` → entry: runs of the
+/// second layout, an insert per entry. Read, never written any more.
+pub(super) const RUNS: TableDefinition<(u64, &str, u8), &[u8]> = TableDefinition::new("trace_runs");
 /// Sequence number → the entries of one commit (layout in [`put_entry`]).
 pub(super) const RECENT: TableDefinition<u64, &[u8]> = TableDefinition::new("trace_recent");
-/// `(first chunk of the run, input event id, writer)` → entry.
-pub(super) const RUNS: TableDefinition<(u64, &str, u8), &[u8]> = TableDefinition::new("trace_runs");
-/// Run key → its level: 0 when sealed, one more per merge. A run without
-/// one (sealed before merging existed) is of level 0.
+/// `(run, first input id in the block)` → a block of entries sorted by id
+/// and writer (layout in [`put_entry`]); an id's entries are never split
+/// across blocks. A run sealed from the chunks from sequence number `n` on
+/// (the first with entries) is keyed `n << 8`; a merge's run is keyed one
+/// above the newest run it merges, so it sorts after its group and before
+/// any newer run.
+pub(super) const BLOCKS: TableDefinition<(u64, &str), &[u8]> = TableDefinition::new("trace_blocks");
+/// Run → its level: 0 when sealed, one more per merge, written with the
+/// run's last block. A run without one is a seal's, cut short.
 pub(super) const RUN_LEVELS: TableDefinition<u64, u8> = TableDefinition::new("trace_run_levels");
 /// The level of a run whose entries a merge copied into a newer run: it
 /// is being deleted.
@@ -62,29 +74,34 @@ const DEAD: u8 = u8::MAX;
 const BUILDING: u8 = 0x80;
 
 /// Entries waiting in chunks before they are sorted into a run. A lookup
-/// reads at most about this many from the chunks; the runs are one point
-/// lookup each.
+/// reads at most about this many from the chunks; the runs are one block
+/// read each.
 pub(super) const RUN_ENTRIES: usize = 16_384;
-/// Entries copied into the run being sealed per commit, at least (and at
-/// least twice what the commit adds): small, so that a commit of one event
-/// is not held up by it.
+/// Entries copied into a run per commit, at least (and at least twice what
+/// the commit adds): small, so that a commit of one event is not held up.
 pub(super) const SLICE: usize = 64;
-/// Neighbouring runs of one level merged into one. A lookup reads at most
-/// `FAN_IN - 1` runs a level (plus those being merged), about a
-/// microsecond each, so a wide fan-in costs lookups little; each entry is
-/// copied once a level, and the levels are fewer the wider it is. With 16,
-/// a billion entries (61,000 seals) make four levels of at most 15 runs.
+/// Neighbouring runs of one level merged into one. A lookup reads one block
+/// of each run, a few microseconds, so a wide fan-in costs lookups little;
+/// each entry is copied once a level, and the levels are fewer the wider it
+/// is. With 16, a billion entries (61,000 seals) make four levels of at
+/// most 15 runs.
 pub(super) const FAN_IN: usize = 16;
+/// A block is closed once it holds this many bytes (at the end of an id):
+/// a lookup parses one block per run; a seal or a merge writes one B-tree
+/// entry per block.
+pub(super) const BLOCK_BYTES: usize = 4096;
 
 /// How the index sizes its runs and its work per commit.
 #[derive(Clone, Copy, Debug)]
 pub(super) struct Shape {
     /// Entries waiting in chunks before they are sealed into a run.
     pub(super) run_entries: usize,
-    /// Entries a seal, a merge or a deletion takes per commit, at least.
+    /// Entries a seal or a merge writes per commit, at least.
     pub(super) slice: usize,
     /// Runs of one level merged into one (below 2: never).
     pub(super) fan_in: usize,
+    /// Bytes at which a block is closed.
+    pub(super) block_bytes: usize,
 }
 
 impl Shape {
@@ -92,10 +109,16 @@ impl Shape {
         run_entries: RUN_ENTRIES,
         slice: SLICE,
         fan_in: FAN_IN,
+        block_bytes: BLOCK_BYTES,
     };
 }
 
-/// Appends one entry to a chunk: `len id | writer | len entry`.
+/// The key of a run sealed from chunks from `first_chunk` on.
+fn seal_key(first_chunk: u64) -> u64 {
+    first_chunk.saturating_mul(256)
+}
+
+/// Appends one entry to a chunk or a block: `len id | writer | len entry`.
 pub(super) fn put_entry(chunk: &mut Vec<u8>, id: &str, writer: u8, entry: &[u8]) {
     super::codec::put_len(chunk, id.len() as u64);
     chunk.extend_from_slice(id.as_bytes());
@@ -107,7 +130,7 @@ pub(super) fn put_entry(chunk: &mut Vec<u8>, id: &str, writer: u8, entry: &[u8])
 /// One entry of a chunk: input id, writer, entry.
 pub(super) type Entry<'a> = (&'a str, u8, &'a [u8]);
 
-/// The entries of a chunk, in the order they were written.
+/// The entries of a chunk or a block, in the order they were written.
 pub(super) fn entries(chunk: &[u8]) -> Result<Vec<Entry<'_>>, String> {
     let mut r = super::codec::Reader::new(chunk);
     let mut out = Vec::new();
@@ -123,15 +146,56 @@ pub(super) fn entries(chunk: &[u8]) -> Result<Vec<Entry<'_>>, String> {
     Ok(out)
 }
 
-/// The entries of chunk `seq`; none, with a warning, if it is damaged. The
-/// index only helps to follow events: a chunk that cannot be read must not
-/// stop the store from opening, other lookups, or the seals after it (the
-/// seal that takes it deletes it).
-fn readable(seq: u64, chunk: &[u8]) -> Vec<Entry<'_>> {
-    entries(chunk).unwrap_or_else(|e| {
-        tracing::warn!(chunk = seq, error = %e, "a trace index chunk is damaged; its entries are skipped");
+/// The entries of chunk `seq`, or of a block of run `seq`; none, with a
+/// warning, if it is damaged. The index only helps to follow events: a
+/// chunk or block that cannot be read must not stop the store from
+/// opening, other lookups, or the seals and merges after it (the seal or
+/// merge that takes it leaves it out).
+fn readable<'a>(what: &str, seq: u64, bytes: &'a [u8]) -> Vec<Entry<'a>> {
+    entries(bytes).unwrap_or_else(|e| {
+        tracing::warn!(seq, error = %e, "a trace index {what} is damaged; its entries are skipped");
         Vec::new()
     })
+}
+
+/// An entry, owned: id, writer, entry.
+type Owned = (String, u8, Vec<u8>);
+
+/// Sorted entries packed as blocks.
+#[derive(Debug)]
+struct Block {
+    first: String,
+    last: String,
+    bytes: Vec<u8>,
+    entries: usize,
+}
+
+/// Packs entries sorted by id and writer into blocks closed at
+/// `block_bytes`, never between two entries of one id.
+fn pack<'a>(sorted: impl IntoIterator<Item = Entry<'a>>, block_bytes: usize) -> Vec<Block> {
+    let mut blocks: Vec<Block> = Vec::new();
+    for (id, writer, entry) in sorted {
+        if blocks
+            .last()
+            .is_none_or(|b| b.bytes.len() >= block_bytes && b.last != id)
+        {
+            blocks.push(Block {
+                first: id.to_owned(),
+                last: String::new(),
+                bytes: Vec::with_capacity(block_bytes + 256),
+                entries: 0,
+            });
+        }
+        let Some(open) = blocks.last_mut() else {
+            continue;
+        };
+        put_entry(&mut open.bytes, id, writer, entry);
+        open.entries += 1;
+        if open.last != id {
+            open.last = id.to_owned();
+        }
+    }
+    blocks
 }
 
 /// What `/metrics` shows of the index: its runs (a lookup reads each) and
@@ -146,16 +210,18 @@ pub(super) struct Stats {
 pub(super) struct Index {
     db: Arc<Database>,
     stats: Arc<Stats>,
-    /// The finished runs, oldest first: those below the oldest chunk. (A
-    /// run keyed at the oldest chunk is the one a seal is writing.)
+    /// Runs of the second layout: read by lookups, never changed.
+    old_runs: usize,
+    /// The finished runs, oldest first.
     runs: Vec<Run>,
     /// Merges and deletions under way, each a slice a commit.
     tasks: Vec<Task>,
-    /// The key of the oldest chunk: runs from it on are a seal's.
+    /// The key of the oldest chunk.
     oldest_chunk: Option<u64>,
     run_entries: usize,
     slice: usize,
     fan_in: usize,
+    block_bytes: usize,
     /// The key of the next chunk.
     next_seq: u64,
     /// Entries in chunks that no seal has taken yet.
@@ -185,17 +251,21 @@ impl Drop for Index {
     }
 }
 
-/// A run being copied into `trace_runs`.
+/// A run being copied into `trace_blocks`.
 #[derive(Debug)]
 pub(super) struct Seal {
-    /// Its chunks, `first..=last`; `first` is the run's key.
-    first: u64,
+    /// Its chunks, `from..=last`.
+    from: u64,
     last: u64,
-    /// Sorted by id and writer, one per pair (the newest).
-    entries: Vec<(String, u8, Vec<u8>)>,
+    /// The run's key, from its first chunk with entries: the chunk a seal
+    /// leaves (empty) is where the next one starts reading, and a key of
+    /// its own keeps the runs apart.
+    key: u64,
+    /// The newest entry per id and writer, sorted and packed.
+    blocks: Vec<Block>,
     /// Entries in its chunks, repeats included.
     in_chunks: usize,
-    /// How many are in `trace_runs` already.
+    /// How many blocks are in `trace_blocks` already.
     copied: usize,
 }
 
@@ -211,19 +281,14 @@ struct Run {
 
 /// Work on the runs, done a slice a commit. Why lookups stay right in
 /// every state in between (they read the runs oldest first, newer winning):
-/// the run a merge writes into (its target) comes after every run of its
-/// group and before any other run, so
+/// a merge writes a new run keyed one above the newest run of its group
+/// (its target), which sorts after every run of the group and before any
+/// other run, so
 ///
 /// * while the merge copies, the target holds, for the ids copied so far,
 ///   the newest entry of the group, and is read after the group;
 /// * once the copy is done, it holds the newest entry of the group for
-///   every id, so the group's other runs can go, in any order.
-///
-/// The target is a new key just after the group's newest run (keys are
-/// the first chunk of a seal, so the chunks a seal took leave room), or,
-/// when there is no room, the newest run itself: its own entries are the
-/// newest of the group already, so the copy only adds to it, in the
-/// middle of its keys (dearer), and it is not deleted.
+///   every id, so the group's runs can go, in any order.
 #[derive(Clone, Debug, PartialEq)]
 enum Task {
     /// Copying, for the ids after `after` in order, the newest entry in
@@ -232,7 +297,7 @@ enum Task {
         group: Vec<u64>,
         into: u64,
         level: u8,
-        after: Option<(String, u8)>,
+        after: Option<String>,
     },
     /// Deleting runs a merge copied, one at a time.
     Delete(VecDeque<u64>),
@@ -244,7 +309,7 @@ enum Task {
 pub(super) struct Step {
     /// Entries in this commit's chunk (none: no chunk).
     added: usize,
-    /// How many of the seal's entries are in `trace_runs` with this commit.
+    /// How many of the seal's blocks are in `trace_blocks` with this commit.
     copied: Option<usize>,
     /// The runs and the tasks as this commit leaves them, if it worked on
     /// them.
@@ -254,18 +319,20 @@ pub(super) struct Step {
 impl Index {
     /// The index as the store holds it (run once, when the store opens),
     /// sized by `shape`. Deletions a finished merge left are taken up
-    /// again; merges are planned afresh.
+    /// again, and so are merges cut short; others are planned afresh.
     pub(super) fn load(db: Arc<Database>, stats: Arc<Stats>, shape: Shape) -> Result<Self, String> {
         let s = |e: &dyn std::fmt::Display| e.to_string();
         let mut index = Index {
             db,
             stats,
+            old_runs: 0,
             runs: Vec::new(),
             tasks: Vec::new(),
             oldest_chunk: None,
             run_entries: shape.run_entries.max(1),
             slice: shape.slice.max(1),
             fan_in: shape.fan_in,
+            block_bytes: shape.block_bytes.max(1),
             next_seq: 0,
             pending: 0,
             in_chunks: 0,
@@ -278,17 +345,16 @@ impl Index {
             let (k, v) = item.map_err(|e| s(&e))?;
             index.oldest_chunk.get_or_insert(k.value());
             index.next_seq = k.value() + 1;
-            index.pending += readable(k.value(), v.value()).len();
+            index.pending += readable("chunk", k.value(), v.value()).len();
         }
+        index.old_runs = old_run_keys(&txn)?.len();
         let levels = txn.open_table(RUN_LEVELS).map_err(|e| s(&e))?;
         let mut building = Vec::new();
         for key in run_keys(&txn)? {
-            if index.oldest_chunk.is_some_and(|c| key >= c) {
-                // A seal's, cut short: it is finished when that seal is
-                // done again.
+            let Some(level) = levels.get(key).map_err(|e| s(&e))?.map(|l| l.value()) else {
+                // A seal's, cut short: that seal, done again, clears it.
                 continue;
-            }
-            let level = levels.get(key).map_err(|e| s(&e))?.map_or(0, |l| l.value());
+            };
             if level != DEAD && level & BUILDING != 0 {
                 building.push((key, level & !BUILDING));
                 continue;
@@ -363,21 +429,35 @@ impl Index {
         // outpaces arrivals and the chunks stay near `run_entries`.
         let slice = self.slice.max(added.saturating_mul(2));
         if let Some(seal) = &self.seal {
-            let end = (seal.copied + slice).min(seal.entries.len());
-            let mut runs = txn.open_table(RUNS).map_err(|e| s(&e))?;
-            for (id, writer, entry) in &seal.entries[seal.copied..end] {
-                runs.insert((seal.first, id.as_str(), *writer), entry.as_slice())
+            let key = seal.key;
+            let mut blocks = txn.open_table(BLOCKS).map_err(|e| s(&e))?;
+            if seal.copied == 0 {
+                // What a stop left of this seal: blocks cut at other ids
+                // would hide entries from lookups.
+                blocks
+                    .retain_in(run_range(key, ""), |_, _| false)
                     .map_err(|e| s(&e))?;
             }
-            if end == seal.entries.len() {
+            let (mut end, mut copied) = (seal.copied, 0);
+            while end < seal.blocks.len() && (copied == 0 || copied < slice) {
+                let block = &seal.blocks[end];
+                blocks
+                    .insert((key, block.first.as_str()), block.bytes.as_slice())
+                    .map_err(|e| s(&e))?;
+                copied += block.entries;
+                end += 1;
+            }
+            if end == seal.blocks.len() {
                 // The newest chunk stays, empty, so that sequence numbers go
                 // on from it; the next seal starts at it.
                 recent
-                    .retain_in(seal.first..seal.last, |_, _| false)
+                    .retain_in(seal.from..seal.last, |_, _| false)
                     .map_err(|e| s(&e))?;
                 recent.insert(seal.last, &[][..]).map_err(|e| s(&e))?;
-                let mut levels = txn.open_table(RUN_LEVELS).map_err(|e| s(&e))?;
-                levels.insert(seal.first, 0).map_err(|e| s(&e))?;
+                if !seal.blocks.is_empty() {
+                    let mut levels = txn.open_table(RUN_LEVELS).map_err(|e| s(&e))?;
+                    levels.insert(key, 0).map_err(|e| s(&e))?;
+                }
             }
             step.copied = Some(end);
         }
@@ -389,11 +469,11 @@ impl Index {
         Ok(step)
     }
 
-    /// One slice, of `budget` entries, of each task: the runs and tasks as
-    /// they are after it.
+    /// One slice, of about `budget` entries, of each task: the runs and
+    /// tasks as they are after it.
     fn work(&self, txn: &WriteTransaction, budget: usize) -> Result<(Vec<Run>, Vec<Task>), String> {
         let s = |e: &dyn std::fmt::Display| e.to_string();
-        let mut runs = txn.open_table(RUNS).map_err(|e| s(&e))?;
+        let mut blocks = txn.open_table(BLOCKS).map_err(|e| s(&e))?;
         let mut levels = txn.open_table(RUN_LEVELS).map_err(|e| s(&e))?;
         let mut list = self.runs.clone();
         let mut tasks = Vec::with_capacity(self.tasks.len());
@@ -405,47 +485,51 @@ impl Index {
                     level,
                     after,
                 } => {
-                    if after.is_none() && !group.contains(into) {
+                    if after.is_none() {
                         levels
                             .insert(*into, (level + 1) | BUILDING)
                             .map_err(|e| s(&e))?;
                     }
-                    match merge_slice(&mut runs, group, *into, after.as_ref(), budget)? {
-                        Some(next) => tasks.push(Task::Merge {
+                    let slice = Slice {
+                        group,
+                        into: *into,
+                        after: after.as_deref(),
+                        budget,
+                        block_bytes: self.block_bytes,
+                    };
+                    if let Some(next) = slice.merge(&mut blocks)? {
+                        tasks.push(Task::Merge {
                             group: group.clone(),
                             into: *into,
                             level: *level,
                             after: Some(next),
-                        }),
-                        None => {
-                            let merged = Run {
-                                key: *into,
-                                level: level + 1,
-                                busy: false,
-                            };
-                            levels.insert(merged.key, merged.level).map_err(|e| s(&e))?;
-                            let dead: VecDeque<u64> =
-                                group.iter().copied().filter(|k| k != into).collect();
-                            for key in &dead {
-                                levels.insert(*key, DEAD).map_err(|e| s(&e))?;
-                            }
-                            for run in list.iter_mut().filter(|r| group.contains(&r.key)) {
-                                run.busy = false;
-                                run.level = DEAD;
-                            }
-                            match list.iter().position(|r| r.key >= merged.key) {
-                                Some(i) if list[i].key == merged.key => list[i] = merged,
-                                Some(i) => list.insert(i, merged),
-                                None => list.push(merged),
-                            }
-                            tasks.push(Task::Delete(dead));
-                        }
+                        });
+                        continue;
                     }
+                    let merged = Run {
+                        key: *into,
+                        level: level + 1,
+                        busy: false,
+                    };
+                    levels.insert(merged.key, merged.level).map_err(|e| s(&e))?;
+                    for key in group {
+                        levels.insert(*key, DEAD).map_err(|e| s(&e))?;
+                    }
+                    for run in list.iter_mut().filter(|r| group.contains(&r.key)) {
+                        run.busy = false;
+                        run.level = DEAD;
+                    }
+                    let at = list.partition_point(|r| r.key < merged.key);
+                    list.insert(at, merged);
+                    tasks.push(Task::Delete(group.iter().copied().collect()));
                 }
                 Task::Delete(queue) => {
                     let mut queue = queue.clone();
+                    // Blocks hold a few dozen entries each: this outpaces
+                    // the merges' writes.
+                    let n = budget.div_ceil(8);
                     if let Some(&run) = queue.front()
-                        && delete_slice(&mut runs, run, budget)?
+                        && delete_blocks(&mut blocks, run, n)?
                     {
                         levels.remove(run).map_err(|e| s(&e))?;
                         list.retain(|r| r.key != run);
@@ -462,13 +546,16 @@ impl Index {
 
     /// Starts the merges [`plan`] finds.
     fn plan(&mut self) {
-        let merges = plan(&mut self.runs, self.fan_in, self.oldest_chunk);
+        // The next seal's run is keyed from a chunk after the oldest.
+        let limit = self.oldest_chunk.map(|c| seal_key(c.saturating_add(1)));
+        let merges = plan(&mut self.runs, self.fan_in, limit);
         self.tasks.extend(merges);
     }
 
     /// Mirrors the runs and the waiting entries into the gauges.
     fn show(&self) {
-        (self.stats.runs).store(self.runs.len() as u64, Ordering::Relaxed);
+        let runs = self.old_runs + self.runs.len();
+        (self.stats.runs).store(runs as u64, Ordering::Relaxed);
         (self.stats.waiting).store(self.in_chunks as u64, Ordering::Relaxed);
     }
 
@@ -511,13 +598,11 @@ impl Index {
         }
         if let (Some(seal), Some(copied)) = (&mut self.seal, step.copied) {
             seal.copied = copied;
-            if copied == seal.entries.len() {
-                // A seal of one chunk leaves its run keyed at the oldest
-                // chunk, where the next seal writes too: it is finished
-                // with that one.
-                if seal.first < seal.last && self.runs.last().is_none_or(|r| r.key < seal.first) {
+            if copied == seal.blocks.len() {
+                let key = seal.key;
+                if !seal.blocks.is_empty() && self.runs.last().is_none_or(|r| r.key < key) {
                     self.runs.push(Run {
-                        key: seal.first,
+                        key,
                         level: 0,
                         busy: false,
                     });
@@ -535,11 +620,12 @@ impl Index {
         if self.seal.is_none() && self.preparing.is_none() && self.pending >= self.run_entries {
             // Every chunk there is, up to the one just written.
             let (db, last) = (self.db.clone(), self.next_seq.saturating_sub(1));
+            let block_bytes = self.block_bytes;
             let (tx, rx) = mpsc::channel();
             let spawned = std::thread::Builder::new()
                 .name("trace-seal".into())
                 .spawn(move || {
-                    let _ = tx.send(start(&db, last));
+                    let _ = tx.send(start(&db, last, block_bytes));
                 });
             match spawned {
                 Ok(thread) => {
@@ -553,9 +639,9 @@ impl Index {
 }
 
 /// A merge of each `fan_in` neighbouring runs of one level that no task
-/// holds, oldest first; their runs are marked busy. Keys from
-/// `oldest_chunk` on are a seal's.
-fn plan(runs: &mut [Run], fan_in: usize, oldest_chunk: Option<u64>) -> Vec<Task> {
+/// holds, oldest first, into a run keyed one above the newest of them;
+/// their runs are marked busy. Keys from `limit` on are a seal's.
+fn plan(runs: &mut [Run], fan_in: usize, limit: Option<u64>) -> Vec<Task> {
     let mut merges = Vec::new();
     if fan_in < 2 {
         return merges;
@@ -564,16 +650,13 @@ fn plan(runs: &mut [Run], fan_in: usize, oldest_chunk: Option<u64>) -> Vec<Task>
     while i + fan_in <= runs.len() {
         let window = &runs[i..i + fan_in];
         let level = window[0].level;
+        let next = runs.get(i + fan_in).map(|r| r.key).or(limit);
+        // There is room unless a chunk's runs were merged 255 times.
+        let into = (window[fan_in - 1].key.checked_add(1)).filter(|k| next.is_none_or(|n| *k < n));
         let mergeable = level < BUILDING - 1 && window.iter().all(|r| !r.busy && r.level == level);
-        if !mergeable {
+        let Some(into) = into.filter(|_| mergeable) else {
             i += 1;
             continue;
-        }
-        let newest = window[fan_in - 1].key;
-        let next = runs.get(i + fan_in).map(|r| r.key).or(oldest_chunk);
-        let into = match newest.checked_add(1) {
-            Some(key) if next.is_none_or(|n| key < n) => key,
-            _ => newest,
         };
         let group = window.iter().map(|r| r.key).collect();
         for run in &mut runs[i..i + fan_in] {
@@ -590,168 +673,223 @@ fn plan(runs: &mut [Run], fan_in: usize, oldest_chunk: Option<u64>) -> Vec<Task>
     merges
 }
 
-/// An entry of a run, owned: id, writer, entry.
-type Owned = (String, u8, Vec<u8>);
-/// A key of `trace_runs`: run, input event id, writer.
-type RunKey<'a> = (u64, &'a str, u8);
-/// Both ends of a range of `trace_runs`.
-type RunRange<'a> = (Bound<RunKey<'a>>, Bound<RunKey<'a>>);
+/// Both ends of a range of `trace_blocks` keys.
+type BlockRange<'a> = (Bound<(u64, &'a str)>, Bound<(u64, &'a str)>);
 
-/// The keys of run `run` after `after` (all of them without).
-fn run_bounds(run: u64, after: Option<&(String, u8)>) -> RunRange<'_> {
-    let lower = match after {
-        Some((id, writer)) => Bound::Excluded((run, id.as_str(), *writer)),
-        None => Bound::Included((run, "", 0)),
-    };
+/// The keys of run `run`'s blocks from `from` on.
+fn run_range(run: u64, from: &str) -> BlockRange<'_> {
     let upper = match run.checked_add(1) {
-        Some(next) => Bound::Excluded((next, "", 0)),
+        Some(next) => Bound::Excluded((next, "")),
         None => Bound::Unbounded,
     };
-    (lower, upper)
+    (Bound::Included((run, from)), upper)
 }
 
-/// Up to `n` entries of run `run` after `after`, in order.
-fn read_run(
-    runs: &redb::Table<(u64, &str, u8), &[u8]>,
+/// The first id of run `run`'s block that holds `id`'s entries, if any.
+fn block_of(
+    blocks: &impl ReadableTable<(u64, &'static str), &'static [u8]>,
     run: u64,
-    after: Option<&(String, u8)>,
-    n: usize,
-) -> Result<Vec<Owned>, String> {
+    id: &str,
+) -> Result<Option<String>, String> {
     let s = |e: &dyn std::fmt::Display| e.to_string();
-    let mut out = Vec::with_capacity(n);
-    for item in runs
-        .range(run_bounds(run, after))
-        .map_err(|e| s(&e))?
-        .take(n)
-    {
-        let (k, v) = item.map_err(|e| s(&e))?;
-        let (_, id, writer) = k.value();
-        out.push((id.to_owned(), writer, v.value().to_vec()));
+    let mut range = blocks.range((run, "")..=(run, id)).map_err(|e| s(&e))?;
+    match range.next_back() {
+        Some(item) => Ok(Some(item.map_err(|e| s(&e))?.0.value().1.to_owned())),
+        None => Ok(None),
     }
-    Ok(out)
 }
 
-/// Copies, for the next ids after `after`, the newest entry in `group`
-/// into run `into`, reading about `budget` entries: where the next slice
-/// starts, or none once the merge is done.
-fn merge_slice(
-    runs: &mut redb::Table<(u64, &str, u8), &[u8]>,
-    group: &[u64],
+/// One slice of a merge: the newest entry in `group` of each id after
+/// `after`, into run `into`, reading about `budget` entries.
+struct Slice<'a> {
+    group: &'a [u64],
     into: u64,
-    after: Option<&(String, u8)>,
+    after: Option<&'a str>,
     budget: usize,
-) -> Result<Option<(String, u8)>, String> {
-    let per_run = (budget / group.len()).max(1);
-    let mut read = Vec::with_capacity(group.len());
-    // Each run read up to its limit may hold more after what was read: the
-    // slice ends at the first such end, so no id past it is merged without
-    // all of its entries.
-    let mut end: Option<(String, u8)> = None;
-    for &run in group {
-        let entries = read_run(runs, run, after, per_run)?;
-        if entries.len() == per_run
-            && let Some((id, writer, _)) = entries.last()
-            && end
-                .as_ref()
-                .is_none_or(|(eid, ew)| (id, writer) < (eid, ew))
-        {
-            end = Some((id.clone(), *writer));
-        }
-        read.push(entries);
-    }
-    let mut newest: BTreeMap<(String, u8), (usize, Vec<u8>)> = BTreeMap::new();
-    for (g, entries) in read.into_iter().enumerate() {
-        for (id, writer, entry) in entries {
-            if end
-                .as_ref()
-                .is_some_and(|(eid, ew)| (&id, &writer) > (eid, ew))
+    block_bytes: usize,
+}
+
+impl Slice<'_> {
+    /// Writes the slice: where the next one starts (the last id it wrote),
+    /// or none once the merge is done.
+    fn merge(&self, blocks: &mut Table<(u64, &str), &[u8]>) -> Result<Option<String>, String> {
+        let per_run = (self.budget / self.group.len()).max(1);
+        let mut read = Vec::with_capacity(self.group.len());
+        // A run read up to its limit holds more after what was read: the
+        // slice ends at the first such end, so that no id past it is
+        // merged without all of its entries.
+        let mut end: Option<String> = None;
+        for &run in self.group {
+            let (entries, more) = self.read(blocks, run, per_run)?;
+            if more
+                && let Some((id, _, _)) = entries.last()
+                && end.as_ref().is_none_or(|e| id < e)
             {
-                break;
+                end = Some(id.clone());
             }
-            // Newer runs come later and win.
-            newest.insert((id, writer), (g, entry));
+            read.push(entries);
         }
-    }
-    for ((id, writer), (g, entry)) in &newest {
-        // Merging into its newest run: that run's own entries are in place.
-        if group[*g] != into {
-            runs.insert((into, id.as_str(), *writer), entry.as_slice())
+        let mut newest: BTreeMap<(String, u8), Vec<u8>> = BTreeMap::new();
+        for entries in read {
+            for (id, writer, entry) in entries {
+                if end.as_ref().is_some_and(|e| id > *e) {
+                    break;
+                }
+                // Newer runs come later and win.
+                newest.insert((id, writer), entry);
+            }
+        }
+        let packed = pack(
+            (newest.iter()).map(|((id, w), e)| (id.as_str(), *w, e.as_slice())),
+            self.block_bytes,
+        );
+        // Before the end, whole blocks only (the rest is read again by the
+        // next slice), but at least one.
+        let n = match end {
+            None => packed.len(),
+            Some(_) => (packed.iter())
+                .take_while(|b| b.bytes.len() >= self.block_bytes)
+                .count()
+                .max(1),
+        };
+        for block in &packed[..n.min(packed.len())] {
+            blocks
+                .insert((self.into, block.first.as_str()), block.bytes.as_slice())
                 .map_err(|e| e.to_string())?;
         }
+        match end {
+            None => Ok(None),
+            Some(_) => Ok(packed.get(n - 1).map(|b| b.last.clone())),
+        }
     }
-    Ok(end)
+
+    /// At least `n` entries of run `run` after `self.after` (whole blocks),
+    /// and whether it has more.
+    fn read(
+        &self,
+        blocks: &Table<(u64, &str), &[u8]>,
+        run: u64,
+        n: usize,
+    ) -> Result<(Vec<Owned>, bool), String> {
+        let s = |e: &dyn std::fmt::Display| e.to_string();
+        let from = match self.after {
+            Some(after) => block_of(blocks, run, after)?.unwrap_or_default(),
+            None => String::new(),
+        };
+        let mut out: Vec<Owned> = Vec::new();
+        let mut range = blocks.range(run_range(run, &from)).map_err(|e| s(&e))?;
+        for item in range.by_ref() {
+            let (_, v) = item.map_err(|e| s(&e))?;
+            for (id, writer, entry) in readable("block", run, v.value()) {
+                if self.after.is_none_or(|a| id > a) {
+                    out.push((id.to_owned(), writer, entry.to_vec()));
+                }
+            }
+            if out.len() >= n {
+                break;
+            }
+        }
+        let more = range.next().is_some();
+        Ok((out, more))
+    }
 }
 
-/// Deletes up to `budget` of run `run`'s entries, from its start: whether
-/// it is gone.
-fn delete_slice(
-    runs: &mut redb::Table<(u64, &str, u8), &[u8]>,
+/// Deletes up to `n` of run `run`'s blocks, from its start: whether it is
+/// gone.
+fn delete_blocks(
+    blocks: &mut Table<(u64, &str), &[u8]>,
     run: u64,
-    budget: usize,
+    n: usize,
 ) -> Result<bool, String> {
     let s = |e: &dyn std::fmt::Display| e.to_string();
-    let budget = budget.max(1);
-    let mut last = None;
-    let mut n = 0;
-    for item in runs
-        .range(run_bounds(run, None))
+    let n = n.max(1);
+    let mut keys = Vec::with_capacity(n + 1);
+    for item in blocks
+        .range(run_range(run, ""))
         .map_err(|e| s(&e))?
-        .take(budget + 1)
+        .take(n + 1)
     {
         let (k, _) = item.map_err(|e| s(&e))?;
-        n += 1;
-        if n == budget {
-            let (_, id, writer) = k.value();
-            last = Some((id.to_owned(), writer));
-        }
+        keys.push(k.value().1.to_owned());
     }
-    match last {
-        Some((id, writer)) if n > budget => {
-            let (lower, _) = run_bounds(run, None);
-            let upper = Bound::Included((run, id.as_str(), writer));
-            runs.retain_in((lower, upper), |_, _| false)
-                .map_err(|e| s(&e))?;
-            Ok(false)
-        }
-        _ => {
-            runs.retain_in(run_bounds(run, None), |_, _| false)
-                .map_err(|e| s(&e))?;
-            Ok(true)
-        }
+    if keys.len() <= n {
+        blocks
+            .retain_in(run_range(run, ""), |_, _| false)
+            .map_err(|e| s(&e))?;
+        return Ok(true);
     }
+    let (lower, _) = run_range(run, "");
+    let upper = Bound::Excluded((run, keys[n].as_str()));
+    blocks
+        .retain_in((lower, upper), |_, _| false)
+        .map_err(|e| s(&e))?;
+    Ok(false)
 }
 
 /// A seal of the chunks up to `last`, in sequence order: the newest entry
-/// per id and writer, sorted.
-fn start(db: &Database, last: u64) -> Result<Seal, String> {
+/// per id and writer, sorted and packed into blocks of `block_bytes`.
+/// (Entries are sorted where they lie in a copy of the chunks: no
+/// allocation per entry.)
+fn start(db: &Database, last: u64, block_bytes: usize) -> Result<Seal, String> {
     let s = |e: &dyn std::fmt::Display| e.to_string();
-    let txn = db.begin_read().map_err(|e| s(&e))?;
-    let recent = txn.open_table(RECENT).map_err(|e| s(&e))?;
-    let mut newest: BTreeMap<(String, u8), Vec<u8>> = BTreeMap::new();
-    let (mut first, mut in_chunks) = (None, 0);
-    for item in recent.range(..=last).map_err(|e| s(&e))? {
-        let (k, v) = item.map_err(|e| s(&e))?;
-        first.get_or_insert(k.value());
-        for (id, writer, entry) in readable(k.value(), v.value()) {
-            newest.insert((id.to_owned(), writer), entry.to_vec());
-            in_chunks += 1;
+    let (mut from, mut key) = (None, None);
+    let mut chunks: Vec<(u64, Vec<u8>)> = Vec::new();
+    {
+        let txn = db.begin_read().map_err(|e| s(&e))?;
+        let recent = txn.open_table(RECENT).map_err(|e| s(&e))?;
+        for item in recent.range(..=last).map_err(|e| s(&e))? {
+            let (k, v) = item.map_err(|e| s(&e))?;
+            from.get_or_insert(k.value());
+            if !v.value().is_empty() {
+                key.get_or_insert(seal_key(k.value()));
+                chunks.push((k.value(), v.value().to_vec()));
+            }
+        }
+    }
+    let mut all: Vec<Entry<'_>> = Vec::new();
+    for (seq, bytes) in &chunks {
+        all.extend(readable("chunk", *seq, bytes));
+    }
+    let in_chunks = all.len();
+    // A stable sort keeps an id's entries in the order they were written:
+    // the last of each (id, writer) is the newest.
+    all.sort_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
+    let mut newest: Vec<Entry<'_>> = Vec::with_capacity(all.len());
+    for e in all {
+        match newest.last_mut() {
+            Some(n) if (n.0, n.1) == (e.0, e.1) => *n = e,
+            _ => newest.push(e),
         }
     }
     Ok(Seal {
-        first: first.unwrap_or(last),
+        from: from.unwrap_or(last),
         last,
-        entries: newest
-            .into_iter()
-            .map(|((id, writer), entry)| (id, writer, entry))
-            .collect(),
+        key: key.unwrap_or(seal_key(last)),
+        blocks: pack(newest, block_bytes),
         in_chunks,
         copied: 0,
     })
 }
 
-/// The key of every run, oldest first: each is the first key at or after
-/// the end of the one before.
+/// Every run of `trace_blocks`, oldest first: each is the first key at or
+/// after the end of the one before.
 fn run_keys(txn: &ReadTransaction) -> Result<Vec<u64>, String> {
+    let s = |e: &dyn std::fmt::Display| e.to_string();
+    let blocks = txn.open_table(BLOCKS).map_err(|e| s(&e))?;
+    let (mut keys, mut from) = (Vec::new(), 0u64);
+    while let Some(item) = blocks.range((from, "")..).map_err(|e| s(&e))?.next() {
+        let run = item.map_err(|e| s(&e))?.0.value().0;
+        keys.push(run);
+        match run.checked_add(1) {
+            Some(next) => from = next,
+            None => break,
+        }
+    }
+    Ok(keys)
+}
+
+/// Every run of the second layout (`trace_runs`), oldest first.
+fn old_run_keys(txn: &ReadTransaction) -> Result<Vec<u64>, String> {
     let s = |e: &dyn std::fmt::Display| e.to_string();
     let runs = txn.open_table(RUNS).map_err(|e| s(&e))?;
     let (mut keys, mut from) = (Vec::new(), 0u64);
@@ -766,8 +904,8 @@ fn run_keys(txn: &ReadTransaction) -> Result<Vec<u64>, String> {
     Ok(keys)
 }
 
-/// The entries of input `id`, one per writer in writer order: from the old
-/// table, then each run, then the chunks, newer places winning.
+/// The entries of input `id`, one per writer in writer order: from the
+/// older layouts, then each run, then the chunks, newer places winning.
 pub(super) fn lookup(txn: &ReadTransaction, id: &str) -> Result<Vec<Vec<u8>>, String> {
     let s = |e: &dyn std::fmt::Display| e.to_string();
     let mut found: BTreeMap<u8, Vec<u8>> = BTreeMap::new();
@@ -777,7 +915,7 @@ pub(super) fn lookup(txn: &ReadTransaction, id: &str) -> Result<Vec<Vec<u8>>, St
         found.insert(k.value().1, v.value().to_vec());
     }
     let runs = txn.open_table(RUNS).map_err(|e| s(&e))?;
-    for run in run_keys(txn)? {
+    for run in old_run_keys(txn)? {
         for item in runs
             .range((run, id, 0)..=(run, id, u8::MAX))
             .map_err(|e| s(&e))?
@@ -786,10 +924,25 @@ pub(super) fn lookup(txn: &ReadTransaction, id: &str) -> Result<Vec<Vec<u8>>, St
             found.insert(k.value().2, v.value().to_vec());
         }
     }
+    let blocks = txn.open_table(BLOCKS).map_err(|e| s(&e))?;
+    for run in run_keys(txn)? {
+        let Some(item) = (blocks.range((run, "")..=(run, id)))
+            .map_err(|e| s(&e))?
+            .next_back()
+        else {
+            continue;
+        };
+        let (_, v) = item.map_err(|e| s(&e))?;
+        for (entry_id, writer, entry) in readable("block", run, v.value()) {
+            if entry_id == id {
+                found.insert(writer, entry.to_vec());
+            }
+        }
+    }
     let recent = txn.open_table(RECENT).map_err(|e| s(&e))?;
     for item in recent.iter().map_err(|e| s(&e))? {
         let (k, v) = item.map_err(|e| s(&e))?;
-        for (entry_id, writer, entry) in readable(k.value(), v.value()) {
+        for (entry_id, writer, entry) in readable("chunk", k.value(), v.value()) {
             if entry_id == id {
                 found.insert(writer, entry.to_vec());
             }
@@ -808,13 +961,32 @@ mod tests {
     use crate::event::sample as ev;
     use crate::store::{Store, Trace, WriteBatch};
 
-    /// Runs of `run_entries`, copied `slice` a commit, never merged.
+    /// Runs of `run_entries`, copied `slice` a commit, never merged, in
+    /// blocks of an entry or two (so that lookups and merges cross blocks).
     fn unmerged(run_entries: usize, slice: usize) -> Shape {
         Shape {
             run_entries,
             slice,
             fan_in: 0,
+            block_bytes: 60,
         }
+    }
+
+    /// Every entry in `trace_blocks`: (run, id, writer), in key order.
+    fn in_blocks(store: &Store) -> Vec<(u64, String, u8)> {
+        let txn = store.inner.db.begin_read().unwrap();
+        let blocks = txn.open_table(BLOCKS).unwrap();
+        let mut out = Vec::new();
+        for item in blocks.iter().unwrap() {
+            let (k, v) = item.unwrap();
+            let (run, first) = k.value();
+            let entries = entries(v.value()).unwrap();
+            assert_eq!(entries[0].0, first, "a block is keyed by its first id");
+            for (id, writer, _) in entries {
+                out.push((run, id.to_owned(), writer));
+            }
+        }
+        out
     }
 
     /// A UUID-like id from `n`, so that sorted and written order differ.
@@ -868,8 +1040,7 @@ mod tests {
     fn counts(store: &Store) -> (usize, usize) {
         let txn = store.inner.db.begin_read().unwrap();
         let recent = txn.open_table(RECENT).unwrap().len().unwrap();
-        let runs = txn.open_table(RUNS).unwrap().len().unwrap();
-        (recent as usize, runs as usize)
+        (recent as usize, in_blocks(store).len())
     }
 
     /// Commits writes without entries (to another topic) until `done`
@@ -936,9 +1107,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let ids: Vec<String> = (0..40).map(id).collect();
         {
-            // Nine chunks, and a run cut short: four of their entries
-            // copied under the first chunk's number, as a stop halfway
-            // through a seal leaves them.
+            // Nine chunks, and a run cut short: the first blocks of their
+            // entries copied under the first chunk's key, as a stop halfway
+            // through a seal of the nine leaves them.
             let store = Store::open_with_runs(dir.path(), unmerged(1000, 1)).unwrap();
             for i in &ids[..9] {
                 write(&store, &[(i.clone(), 1)]).await;
@@ -946,15 +1117,29 @@ mod tests {
             let txn = store.inner.db.begin_write().unwrap();
             {
                 let recent = txn.open_table(RECENT).unwrap();
-                let mut runs = txn.open_table(RUNS).unwrap();
-                for item in recent.range(0..4).unwrap() {
+                let mut sorted = Vec::new();
+                for item in recent.iter().unwrap() {
                     let (_, v) = item.unwrap();
                     for (i, w, e) in entries(v.value()).unwrap() {
-                        runs.insert((0, i, w), e).unwrap();
+                        sorted.push((i.to_owned(), w, e.to_vec()));
                     }
+                }
+                sorted.sort();
+                let mut blocks = txn.open_table(BLOCKS).unwrap();
+                // Cut at another id than the seal done again cuts its
+                // blocks (in a router, because that seal takes more
+                // entries): that one puts two entries in each.
+                let stale = sorted[1..5]
+                    .iter()
+                    .map(|(i, w, e)| (i.as_str(), *w, e.as_slice()));
+                for b in pack(stale, 1000) {
+                    blocks
+                        .insert((0, b.first.as_str()), b.bytes.as_slice())
+                        .unwrap();
                 }
             }
             txn.commit().unwrap();
+            assert_eq!(in_blocks(&store).len(), 4);
             store.close();
         }
         let store = Store::open_with_runs(dir.path(), unmerged(8, 64)).unwrap();
@@ -968,17 +1153,14 @@ mod tests {
             .map(|(n, i)| (i.clone(), BTreeMap::from([(1, n as u64)])))
             .collect();
         check(&store, &want, "after the reopen");
-        // The partial run was written again under the same number, not
-        // beside it: each id is in the runs at most once.
-        let txn = store.inner.db.begin_read().unwrap();
-        let runs = txn.open_table(RUNS).unwrap();
+        // The partial run was cleared and written again under the same
+        // key, not beside it: each id is in the runs once.
         let mut seen = std::collections::HashSet::new();
-        for item in runs.iter().unwrap() {
-            let (k, _) = item.unwrap();
-            let (_, i, w) = k.value();
-            assert!(seen.insert((i.to_owned(), w)), "{i} twice in the runs");
+        for (run, i, w) in in_blocks(&store) {
+            assert!(seen.insert((i.clone(), w)), "{i} twice in the runs");
+            assert_eq!(run % 256, 0, "a seal's key");
         }
-        drop((runs, txn));
+        assert!(seen.len() >= 32);
         store.close();
     }
 
@@ -1027,11 +1209,8 @@ mod tests {
     fn runs_as_stored(store: &Store) -> BTreeMap<u64, (Option<u8>, usize)> {
         let txn = store.inner.db.begin_read().unwrap();
         let levels = txn.open_table(RUN_LEVELS).unwrap();
-        let runs = txn.open_table(RUNS).unwrap();
         let mut out: BTreeMap<u64, (Option<u8>, usize)> = BTreeMap::new();
-        for item in runs.iter().unwrap() {
-            let (k, _) = item.unwrap();
-            let run = k.value().0;
+        for (run, _, _) in in_blocks(store) {
             let level = levels.get(run).unwrap().map(|l| l.value());
             out.entry(run).or_insert((level, 0)).1 += 1;
         }
@@ -1073,6 +1252,7 @@ mod tests {
             run_entries: 4,
             slice: 1,
             fan_in: 3,
+            block_bytes: 100,
         };
         let store = Store::open_with_runs(dir.path(), shape).unwrap();
         let mut want: HashMap<String, BTreeMap<u8, u64>> = HashMap::new();
@@ -1178,6 +1358,7 @@ mod tests {
             run_entries: 1000,
             slice: 4,
             fan_in: 4,
+            block_bytes: 60,
         };
         let mut ticks = 0;
         {
@@ -1237,12 +1418,35 @@ mod tests {
                 .insert(("old", 1), br#"{"from":["in",8],"links":[]}"#.as_slice())
                 .unwrap();
             drop(legacy);
+            // The second layout: a run with an entry per row, newer than
+            // the first layout.
+            let mut runs = txn.open_table(RUNS).unwrap();
+            runs.insert((3, "old", 1), br#"{"from":["in",9],"links":[]}"#.as_slice())
+                .unwrap();
+            runs.insert((3, "mid", 0), br#"{"from":["in",5],"links":[]}"#.as_slice())
+                .unwrap();
+            drop(runs);
             txn.commit().unwrap();
         }
-        let old = ["old".to_string()];
-        assert_eq!(answers(&store, &old)["old"], vec![7, 8]);
+        let old = ["old".to_string(), "mid".to_string()];
+        assert_eq!(answers(&store, &old)["old"], vec![7, 9]);
+        assert_eq!(answers(&store, &old)["mid"], vec![5]);
         write(&store, &[("old".into(), 1)]).await;
+        write(&store, &[("mid".into(), 0)]).await;
         assert_eq!(answers(&store, &old)["old"], vec![7, 0]);
+        assert_eq!(answers(&store, &old)["mid"], vec![1]);
+        // Sealed into a run of blocks, the new entries still win.
+        for n in 2..8 {
+            write(&store, &[(id(n), 1)]).await;
+        }
+        commit_until(&store, |(chunks, in_runs)| chunks == 1 && in_runs == 8).await;
+        assert_eq!(answers(&store, &old)["old"], vec![7, 0]);
+        assert_eq!(answers(&store, &old)["mid"], vec![1]);
+        assert_eq!(
+            store.trace_index(),
+            (2, 0),
+            "(runs of both layouts, waiting)"
+        );
         store.close();
     }
 
@@ -1324,18 +1528,12 @@ mod tests {
             vec![],
             "busy runs are not merged twice"
         );
-        // No room after the newest (the next run, or a seal's at the oldest
-        // chunk): it is the target itself.
-        let mut runs = vec![run(0, 0), run(1, 0), run(2, 0), run(3, 0)];
-        assert_eq!(
-            plan(&mut runs, 2, Some(4)),
-            vec![merge(vec![0, 1], 1, 0), merge(vec![2, 3], 3, 0)]
-        );
+        // No room after the newest (before the next run, or the next
+        // seal's): not merged.
+        let mut runs = vec![run(0, 0), run(1, 0), run(2, 0), run(256, 0), run(257, 0)];
+        assert_eq!(plan(&mut runs, 2, Some(258)), vec![merge(vec![1, 2], 3, 0)]);
         let mut runs = vec![run(u64::MAX - 1, 0), run(u64::MAX, 0)];
-        assert_eq!(
-            plan(&mut runs, 2, None),
-            vec![merge(vec![u64::MAX - 1, u64::MAX], u64::MAX, 0)]
-        );
+        assert_eq!(plan(&mut runs, 2, None), vec![]);
         // Dead runs are never merged, nor are windows across them.
         let mut runs = vec![run(0, 0), run(5, DEAD), run(10, 0), run(15, 0)];
         assert_eq!(plan(&mut runs, 2, None), vec![merge(vec![10, 15], 16, 0)]);

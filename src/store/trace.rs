@@ -370,22 +370,36 @@ impl Index {
             .map(|r| r.key)
             .collect();
         for (into, level) in building {
-            // Its group: the runs just before it, as the merge found them.
+            // Its group: the live runs just before it, as [`plan`] found
+            // them.
             let at = index.runs.partition_point(|r| r.key < into);
-            let from = at.saturating_sub(index.fan_in);
-            let group = &mut index.runs[from..at];
+            let group: Vec<usize> = (0..at)
+                .rev()
+                .filter(|&i| index.runs[i].level != DEAD)
+                .take(index.fan_in)
+                .collect();
             let whole = index.fan_in >= 2 && group.len() == index.fan_in && level > 0;
-            if whole && group.iter().all(|r| !r.busy && r.level == level - 1) {
-                for run in group.iter_mut() {
-                    run.busy = true;
+            if whole
+                && (group.iter()).all(|&i| !index.runs[i].busy && index.runs[i].level == level - 1)
+            {
+                for &i in &group {
+                    index.runs[i].busy = true;
                 }
                 index.tasks.push(Task::Merge {
-                    group: group.iter().map(|r| r.key).collect(),
+                    group: group.iter().rev().map(|&i| index.runs[i].key).collect(),
                     into,
                     level: level - 1,
                     after: None,
                 });
             } else {
+                // Not a merge this start would make: deleted, and in the
+                // list until then, so that no merge takes its key.
+                let run = Run {
+                    key: into,
+                    level: DEAD,
+                    busy: false,
+                };
+                index.runs.insert(at, run);
                 dead.push_back(into);
             }
         }
@@ -488,6 +502,11 @@ impl Index {
                     if after.is_none() {
                         levels
                             .insert(*into, (level + 1) | BUILDING)
+                            .map_err(|e| s(&e))?;
+                        // What a stop left of this merge: blocks cut at
+                        // other ids would hide entries once the group goes.
+                        blocks
+                            .retain_in(run_range(*into, ""), |_, _| false)
                             .map_err(|e| s(&e))?;
                     }
                     let slice = Slice {
@@ -641,34 +660,44 @@ impl Index {
 /// A merge of each `fan_in` neighbouring runs of one level that no task
 /// holds, oldest first, into a run keyed one above the newest of them;
 /// their runs are marked busy. Keys from `limit` on are a seal's.
+///
+/// Dead runs (being deleted) do not part neighbours: a dead run's entries
+/// are older than its merge's run, which comes after it, so a merge across
+/// it is as right as one beside it, and waiting for its deletion could
+/// leave older runs of a level behind, never to be merged, while newer
+/// ones are.
 fn plan(runs: &mut [Run], fan_in: usize, limit: Option<u64>) -> Vec<Task> {
     let mut merges = Vec::new();
     if fan_in < 2 {
         return merges;
     }
-    let mut i = 0;
-    while i + fan_in <= runs.len() {
-        let window = &runs[i..i + fan_in];
-        let level = window[0].level;
-        let next = runs.get(i + fan_in).map(|r| r.key).or(limit);
+    let live: Vec<usize> = (0..runs.len()).filter(|&i| runs[i].level != DEAD).collect();
+    let mut w = 0;
+    while w + fan_in <= live.len() {
+        let window = &live[w..w + fan_in];
+        let level = runs[window[0]].level;
+        let newest = window[fan_in - 1];
+        let next = runs.get(newest + 1).map(|r| r.key).or(limit);
         // There is room unless a chunk's runs were merged 255 times.
-        let into = (window[fan_in - 1].key.checked_add(1)).filter(|k| next.is_none_or(|n| *k < n));
-        let mergeable = level < BUILDING - 1 && window.iter().all(|r| !r.busy && r.level == level);
+        let into = (runs[newest].key.checked_add(1)).filter(|k| next.is_none_or(|n| *k < n));
+        let mergeable = level < BUILDING - 1
+            && window
+                .iter()
+                .all(|&i| !runs[i].busy && runs[i].level == level);
         let Some(into) = into.filter(|_| mergeable) else {
-            i += 1;
+            w += 1;
             continue;
         };
-        let group = window.iter().map(|r| r.key).collect();
-        for run in &mut runs[i..i + fan_in] {
-            run.busy = true;
+        for &i in window {
+            runs[i].busy = true;
         }
         merges.push(Task::Merge {
-            group,
+            group: window.iter().map(|&i| runs[i].key).collect(),
             into,
             level,
             after: None,
         });
-        i += fan_in;
+        w += fan_in;
     }
     merges
 }
@@ -1323,28 +1352,27 @@ mod tests {
     async fn a_merge_or_its_deletions_cut_short_are_taken_up_again() {
         let dir = tempfile::tempdir().unwrap();
         let mut want: HashMap<String, BTreeMap<u8, u64>> = HashMap::new();
-        // Four runs of four writes, never merged; some ids written again
-        // in later runs, and for the other writer.
+        // Four runs, never merged; some ids written again in later runs,
+        // and for the other writer.
         let before = {
             let store = Store::open_with_runs(dir.path(), unmerged(4, 64)).unwrap();
-            for n in 0..16u64 {
-                let mut traces = vec![(id(n), 1)];
-                if n >= 4 && n % 2 == 0 {
-                    traces.push((id(n / 2 - 1), (n % 4 / 2) as u8));
+            for n in 0..4u64 {
+                // A run's worth in one write, sealed before the next.
+                let mut traces: Vec<(String, u8)> =
+                    (4 * n..4 * n + 4).map(|k| (id(k), 1)).collect();
+                if n > 0 {
+                    traces.push((id(2 * n - 1), (n % 2) as u8));
+                    traces.push((id(3 * n - 2), 1));
                 }
                 write(&store, &traces).await;
                 for (i, w) in &traces {
                     want.entry(i.clone()).or_default().insert(*w, n);
                 }
+                commit_until(&store, |_| store.trace_index().1 == 0).await;
             }
-            commit_until(&store, |(chunks, _)| chunks == 1).await;
             let before = runs_as_stored(&store);
-            assert!(before.len() >= 4, "{before:?}");
-            assert_eq!(
-                store.trace_index(),
-                (before.len() as u64, 0),
-                "(runs, waiting)"
-            );
+            assert_eq!(before.len(), 4, "{before:?}");
+            assert_eq!(store.trace_index(), (4, 0), "(runs, waiting)");
             store.close();
             before
         };
@@ -1373,9 +1401,16 @@ mod tests {
             check(&store, &want, "halfway through the copy");
             store.close();
         }
-        // ...then, taken up into the same run, halfway through deleting.
+        // ...then, taken up from the start into the same run, in blocks
+        // cut at other ids (a merge done again may cut them elsewhere),
+        // stopped halfway through deleting.
         {
-            let store = Store::open_with_runs(dir.path(), merging).unwrap();
+            let wider = Shape {
+                block_bytes: 400,
+                slice: 64,
+                ..merging
+            };
+            let store = Store::open_with_runs(dir.path(), wider).unwrap();
             check(&store, &want, "reopened halfway through the copy");
             tick_until(&store, &mut ticks, |runs| {
                 runs.values().filter(|(l, _)| *l == Some(DEAD)).count() == 3
@@ -1534,9 +1569,11 @@ mod tests {
         assert_eq!(plan(&mut runs, 2, Some(258)), vec![merge(vec![1, 2], 3, 0)]);
         let mut runs = vec![run(u64::MAX - 1, 0), run(u64::MAX, 0)];
         assert_eq!(plan(&mut runs, 2, None), vec![]);
-        // Dead runs are never merged, nor are windows across them.
+        // Dead runs are never merged, and do not part neighbours.
         let mut runs = vec![run(0, 0), run(5, DEAD), run(10, 0), run(15, 0)];
-        assert_eq!(plan(&mut runs, 2, None), vec![merge(vec![10, 15], 16, 0)]);
+        assert_eq!(plan(&mut runs, 2, None), vec![merge(vec![0, 10], 11, 0)]);
+        let mut runs = vec![run(0, 0), run(1, 0), run(2, DEAD), run(3, DEAD)];
+        assert_eq!(plan(&mut runs, 2, None), vec![], "no room before the dead");
         let mut runs = vec![run(0, 0), run(1, 0)];
         assert_eq!(plan(&mut runs, 0, None), vec![], "fan-in 0: never");
     }

@@ -56,7 +56,7 @@ fn gauges(rt: &Runtime, out: &mut String) -> Result<(), crate::store::StoreError
         &rows,
     );
     let (runs, waiting) = rt.store.trace_index();
-    let help = "Sorted runs in the trace index: a trace lookup reads each once.";
+    let help = "Sorted runs in the trace index (16 of one size are merged into one): a trace lookup reads one block of each.";
     render_gauge(
         out,
         "switchyard_trace_index_runs",
@@ -64,12 +64,14 @@ fn gauges(rt: &Runtime, out: &mut String) -> Result<(), crate::store::StoreError
         [],
         &[([], runs as f64)],
     );
-    let help =
-        "Trace index entries waiting in chunks to be sorted into a run (at 16384 a run is made).";
+    let help = format!(
+        "Trace index entries waiting in chunks to be sorted into a run (at {} a run is made).",
+        crate::store::Store::TRACE_RUN_ENTRIES
+    );
     render_gauge(
         out,
         "switchyard_trace_index_waiting",
-        help,
+        &help,
         [],
         &[([], waiting as f64)],
     );

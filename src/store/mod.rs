@@ -382,8 +382,12 @@ impl Store {
         Ok(out)
     }
 
+    /// Entries waiting in the trace index's chunks at which they are
+    /// sorted into a run.
+    pub const TRACE_RUN_ENTRIES: usize = trace::RUN_ENTRIES;
+
     /// The trace index's sorted runs and the entries waiting in chunks (see
-    /// [`trace`]): a lookup reads each run once and scans the chunks.
+    /// [`trace`]): a lookup reads one block of each run and scans the chunks.
     pub fn trace_index(&self) -> (u64, u64) {
         let s = &self.inner.trace_stats;
         (

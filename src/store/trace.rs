@@ -900,14 +900,13 @@ fn start(db: &Database, last: u64, block_bytes: usize) -> Result<Seal, String> {
     })
 }
 
-/// Every run of `trace_blocks`, oldest first: each is the first key at or
-/// after the end of the one before.
-fn run_keys(txn: &ReadTransaction) -> Result<Vec<u64>, String> {
-    let s = |e: &dyn std::fmt::Display| e.to_string();
-    let blocks = txn.open_table(BLOCKS).map_err(|e| s(&e))?;
+/// The runs of a table keyed by run first, oldest first, found by
+/// `first_at(from)`, the run of the first key at or after run `from`.
+fn distinct_runs(
+    mut first_at: impl FnMut(u64) -> Result<Option<u64>, String>,
+) -> Result<Vec<u64>, String> {
     let (mut keys, mut from) = (Vec::new(), 0u64);
-    while let Some(item) = blocks.range((from, "")..).map_err(|e| s(&e))?.next() {
-        let run = item.map_err(|e| s(&e))?.0.value().0;
+    while let Some(run) = first_at(from)? {
         keys.push(run);
         match run.checked_add(1) {
             Some(next) => from = next,
@@ -917,20 +916,28 @@ fn run_keys(txn: &ReadTransaction) -> Result<Vec<u64>, String> {
     Ok(keys)
 }
 
+/// Every run of `trace_blocks`, oldest first.
+fn run_keys(txn: &ReadTransaction) -> Result<Vec<u64>, String> {
+    let s = |e: &dyn std::fmt::Display| e.to_string();
+    let blocks = txn.open_table(BLOCKS).map_err(|e| s(&e))?;
+    distinct_runs(
+        |from| match blocks.range((from, "")..).map_err(|e| s(&e))?.next() {
+            Some(item) => Ok(Some(item.map_err(|e| s(&e))?.0.value().0)),
+            None => Ok(None),
+        },
+    )
+}
+
 /// Every run of the second layout (`trace_runs`), oldest first.
 fn old_run_keys(txn: &ReadTransaction) -> Result<Vec<u64>, String> {
     let s = |e: &dyn std::fmt::Display| e.to_string();
     let runs = txn.open_table(RUNS).map_err(|e| s(&e))?;
-    let (mut keys, mut from) = (Vec::new(), 0u64);
-    while let Some(item) = runs.range((from, "", 0)..).map_err(|e| s(&e))?.next() {
-        let run = item.map_err(|e| s(&e))?.0.value().0;
-        keys.push(run);
-        match run.checked_add(1) {
-            Some(next) => from = next,
-            None => break,
-        }
-    }
-    Ok(keys)
+    distinct_runs(
+        |from| match runs.range((from, "", 0)..).map_err(|e| s(&e))?.next() {
+            Some(item) => Ok(Some(item.map_err(|e| s(&e))?.0.value().0)),
+            None => Ok(None),
+        },
+    )
 }
 
 /// The entries of input `id`, one per writer in writer order: from the

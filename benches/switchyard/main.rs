@@ -14,6 +14,7 @@ mod memory;
 mod reload;
 mod report;
 mod stage;
+mod trace;
 mod util;
 
 /// The transform the domain-fanout plugin runs, compiled into the host.
@@ -41,6 +42,7 @@ const ALL: &[&str] = &[
     "aws",
     "memory",
     "scaling",
+    "trace",
 ];
 
 struct Args {
@@ -200,6 +202,7 @@ fn main() -> Result<()> {
     run("scaling", &mut report, &mut |r| {
         stage::scaling(r, &evs, quick)
     });
+    run("trace", &mut report, &mut |r| trace::trace_index(r, quick));
 
     report::print(&report);
     if args.write {

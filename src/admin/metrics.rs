@@ -56,11 +56,14 @@ fn gauges(rt: &Runtime, out: &mut String) -> Result<(), crate::store::StoreError
         &rows,
     );
     let (runs, waiting) = rt.store.trace_index();
-    let help = "Sorted runs in the trace index (16 of one size are merged into one): a trace lookup reads one block of each.";
+    let help = format!(
+        "Sorted runs in the trace index ({} of one size are merged into one): a trace lookup reads one block of each.",
+        crate::store::Store::TRACE_FAN_IN
+    );
     render_gauge(
         out,
         "switchyard_trace_index_runs",
-        help,
+        &help,
         [],
         &[([], runs as f64)],
     );

@@ -385,6 +385,8 @@ impl Store {
     /// Entries waiting in the trace index's chunks at which they are
     /// sorted into a run.
     pub const TRACE_RUN_ENTRIES: usize = trace::RUN_ENTRIES;
+    /// Runs of one size the trace index merges into one.
+    pub const TRACE_FAN_IN: usize = trace::FAN_IN;
 
     /// The trace index's sorted runs and the entries waiting in chunks (see
     /// [`trace`]): a lookup reads one block of each run and scans the chunks.

@@ -15,13 +15,14 @@
 //!   sorts them by id (the writer thread would hold up every queued write
 //!   meanwhile) and packs them into blocks of about [`BLOCK_BYTES`], each
 //!   keyed by its first id; the writer copies the blocks into
-//!   `trace_blocks` under the run's key (from the first chunk's sequence
-//!   number), a few per commit (at least [`SLICE`] entries), inserts at the
+//!   `trace_blocks` under the run's key (from its first chunk with
+//!   entries), a few per commit (at least [`SLICE`] entries), inserts at the
 //!   right edge of the tree again, one per block rather than one per entry;
 //!   the last slice deletes the chunks it copied, leaving the newest one
 //!   empty so that sequence numbers go on from it. Until then the chunks
 //!   answer lookups as well. If the router stops halfway, the next seal
-//!   starts from the same first chunk and writes the same keys again;
+//!   takes the same chunks, clears what the stop left under their key and
+//!   writes the run again;
 //! * a lookup reads the older layouts (the id-keyed `trace` table, then the
 //!   entry-keyed runs of `trace_runs`), then in each run the one block
 //!   whose first id is the last at or before the id, then the chunks:
@@ -283,7 +284,7 @@ struct Run {
 /// every state in between (they read the runs oldest first, newer winning):
 /// a merge writes a new run keyed one above the newest run of its group
 /// (its target), which sorts after every run of the group and before any
-/// other run, so
+/// newer run, so
 ///
 /// * while the merge copies, the target holds, for the ids copied so far,
 ///   the newest entry of the group, and is read after the group;

@@ -961,6 +961,10 @@ pub(super) fn lookup(txn: &ReadTransaction, id: &str) -> Result<Vec<Vec<u8>>, St
             found.insert(k.value().2, v.value().to_vec());
         }
     }
+    // Most runs, and up to some 16,000 entries waiting in chunks, do not
+    // hold the id: only blocks and chunks whose bytes contain it (as an
+    // entry's id they do) are parsed.
+    let finder = memchr::memmem::Finder::new(id.as_bytes());
     let blocks = txn.open_table(BLOCKS).map_err(|e| s(&e))?;
     for run in run_keys(txn)? {
         let Some(item) = (blocks.range((run, "")..=(run, id)))
@@ -970,6 +974,9 @@ pub(super) fn lookup(txn: &ReadTransaction, id: &str) -> Result<Vec<Vec<u8>>, St
             continue;
         };
         let (_, v) = item.map_err(|e| s(&e))?;
+        if finder.find(v.value()).is_none() {
+            continue;
+        }
         for (entry_id, writer, entry) in readable("block", run, v.value()) {
             if entry_id == id {
                 found.insert(writer, entry.to_vec());
@@ -979,6 +986,9 @@ pub(super) fn lookup(txn: &ReadTransaction, id: &str) -> Result<Vec<Vec<u8>>, St
     let recent = txn.open_table(RECENT).map_err(|e| s(&e))?;
     for item in recent.iter().map_err(|e| s(&e))? {
         let (k, v) = item.map_err(|e| s(&e))?;
+        if finder.find(v.value()).is_none() {
+            continue;
+        }
         for (entry_id, writer, entry) in readable("chunk", k.value(), v.value()) {
             if entry_id == id {
                 found.insert(writer, entry.to_vec());

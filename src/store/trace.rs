@@ -219,10 +219,8 @@ pub(super) struct Index {
     tasks: Vec<Task>,
     /// The key of the oldest chunk.
     oldest_chunk: Option<u64>,
-    run_entries: usize,
-    slice: usize,
-    fan_in: usize,
-    block_bytes: usize,
+    /// Its sizes, each at least 1 but the fan-in.
+    shape: Shape,
     /// The key of the next chunk.
     next_seq: u64,
     /// Entries in chunks that no seal has taken yet.
@@ -330,10 +328,12 @@ impl Index {
             runs: Vec::new(),
             tasks: Vec::new(),
             oldest_chunk: None,
-            run_entries: shape.run_entries.max(1),
-            slice: shape.slice.max(1),
-            fan_in: shape.fan_in,
-            block_bytes: shape.block_bytes.max(1),
+            shape: Shape {
+                run_entries: shape.run_entries.max(1),
+                slice: shape.slice.max(1),
+                fan_in: shape.fan_in,
+                block_bytes: shape.block_bytes.max(1),
+            },
             next_seq: 0,
             pending: 0,
             in_chunks: 0,
@@ -377,9 +377,10 @@ impl Index {
             let group: Vec<usize> = (0..at)
                 .rev()
                 .filter(|&i| index.runs[i].level != DEAD)
-                .take(index.fan_in)
+                .take(index.shape.fan_in)
                 .collect();
-            let whole = index.fan_in >= 2 && group.len() == index.fan_in && level > 0;
+            let fan_in = index.shape.fan_in;
+            let whole = fan_in >= 2 && group.len() == fan_in && level > 0;
             if whole
                 && (group.iter()).all(|&i| !index.runs[i].busy && index.runs[i].level == level - 1)
             {
@@ -442,7 +443,7 @@ impl Index {
         }
         // At least twice what this commit added, so that sealing always
         // outpaces arrivals and the chunks stay near `run_entries`.
-        let slice = self.slice.max(added.saturating_mul(2));
+        let slice = self.shape.slice.max(added.saturating_mul(2));
         if let Some(seal) = &self.seal {
             let key = seal.key;
             let mut blocks = txn.open_table(BLOCKS).map_err(|e| s(&e))?;
@@ -515,7 +516,7 @@ impl Index {
                         into: *into,
                         after: after.as_deref(),
                         budget,
-                        block_bytes: self.block_bytes,
+                        block_bytes: self.shape.block_bytes,
                     };
                     if let Some(next) = slice.merge(&mut blocks)? {
                         tasks.push(Task::Merge {
@@ -568,7 +569,7 @@ impl Index {
     fn plan(&mut self) {
         // The next seal's run is keyed from a chunk after the oldest.
         let limit = self.oldest_chunk.map(|c| seal_key(c.saturating_add(1)));
-        let merges = plan(&mut self.runs, self.fan_in, limit);
+        let merges = plan(&mut self.runs, self.shape.fan_in, limit);
         self.tasks.extend(merges);
     }
 
@@ -595,7 +596,7 @@ impl Index {
             Err(e) => {
                 // Nothing was written; the next commit asks again.
                 tracing::warn!(error = %e, "could not sort trace entries into a run");
-                self.pending = self.run_entries;
+                self.pending = self.shape.run_entries;
                 None
             }
         }
@@ -637,10 +638,11 @@ impl Index {
             self.plan();
         }
         self.show();
-        if self.seal.is_none() && self.preparing.is_none() && self.pending >= self.run_entries {
+        if self.seal.is_none() && self.preparing.is_none() && self.pending >= self.shape.run_entries
+        {
             // Every chunk there is, up to the one just written.
             let (db, last) = (self.db.clone(), self.next_seq.saturating_sub(1));
-            let block_bytes = self.block_bytes;
+            let block_bytes = self.shape.block_bytes;
             let (tx, rx) = mpsc::channel();
             let spawned = std::thread::Builder::new()
                 .name("trace-seal".into())

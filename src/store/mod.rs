@@ -233,6 +233,8 @@ impl Store {
                 .map_err(|e| open_err(e.into()))?;
             txn.open_table(trace::RUN_LEVELS)
                 .map_err(|e| open_err(e.into()))?;
+            txn.open_table(trace::RUN_LIST)
+                .map_err(|e| open_err(e.into()))?;
         }
         txn.commit().map_err(|e| open_err(e.into()))?;
         let db = Arc::new(db);

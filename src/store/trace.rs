@@ -66,6 +66,11 @@ pub(super) const BLOCKS: TableDefinition<(u64, &str), &[u8]> = TableDefinition::
 /// Run → its level: 0 when sealed, one more per merge, written with the
 /// run's last block. A run without one is a seal's, cut short.
 pub(super) const RUN_LEVELS: TableDefinition<u64, u8> = TableDefinition::new("trace_run_levels");
+/// Key 0 → every run with blocks in `trace_blocks`, oldest first (each key
+/// a big-endian `u64`), written in the commit that changes that set: a
+/// lookup reads this one row instead of finding the runs a descent each.
+/// Lookups find the runs in `trace_blocks` themselves when it is absent.
+pub(super) const RUN_LIST: TableDefinition<u8, &[u8]> = TableDefinition::new("trace_run_list");
 /// The level of a run whose entries a merge copied into a newer run: it
 /// is being deleted.
 const DEAD: u8 = u8::MAX;
@@ -215,6 +220,8 @@ pub(super) struct Index {
     old_runs: usize,
     /// The finished runs, oldest first.
     runs: Vec<Run>,
+    /// Every run with blocks, oldest first, as [`RUN_LIST`] holds it.
+    listed: Vec<u64>,
     /// Merges and deletions under way, each a slice a commit.
     tasks: Vec<Task>,
     /// The key of the oldest chunk.
@@ -313,6 +320,8 @@ pub(super) struct Step {
     /// The runs and the tasks as this commit leaves them, if it worked on
     /// them.
     tasks: Option<(Vec<Run>, Vec<Task>)>,
+    /// [`RUN_LIST`] as this commit wrote it, if it changed it.
+    listed: Option<Vec<u64>>,
 }
 
 impl Index {
@@ -326,6 +335,7 @@ impl Index {
             stats,
             old_runs: 0,
             runs: Vec::new(),
+            listed: Vec::new(),
             tasks: Vec::new(),
             oldest_chunk: None,
             shape: Shape {
@@ -351,7 +361,9 @@ impl Index {
         index.old_runs = old_run_keys(&txn)?.len();
         let levels = txn.open_table(RUN_LEVELS).map_err(|e| s(&e))?;
         let mut building = Vec::new();
-        for key in run_keys(&txn)? {
+        index.listed = run_keys(&txn)?;
+        let stored = listed_runs(&txn)?;
+        for &key in &index.listed {
             let Some(level) = levels.get(key).map_err(|e| s(&e))?.map(|l| l.value()) else {
                 // A seal's, cut short: that seal, done again, clears it.
                 continue;
@@ -408,6 +420,12 @@ impl Index {
         if !dead.is_empty() {
             index.tasks.push(Task::Delete(dead));
         }
+        if stored.as_ref() != Some(&index.listed) {
+            // Written by a build that did not keep it, or never written.
+            let txn = index.db.begin_write().map_err(|e| s(&e))?;
+            put_list(&txn, &index.listed)?;
+            txn.commit().map_err(|e| s(&e))?;
+        }
         index.plan();
         index.in_chunks = index.pending;
         index.show();
@@ -444,6 +462,7 @@ impl Index {
         // At least twice what this commit added, so that sealing always
         // outpaces arrivals and the chunks stay near `run_entries`.
         let slice = self.shape.slice.max(added.saturating_mul(2));
+        let mut listed = std::borrow::Cow::Borrowed(self.listed.as_slice());
         if let Some(seal) = &self.seal {
             let key = seal.key;
             let mut blocks = txn.open_table(BLOCKS).map_err(|e| s(&e))?;
@@ -453,6 +472,9 @@ impl Index {
                 blocks
                     .retain_in(run_range(key, ""), |_, _| false)
                     .map_err(|e| s(&e))?;
+                if !seal.blocks.is_empty() {
+                    list_add(&mut listed, key);
+                }
             }
             let (mut end, mut copied) = (seal.copied, 0);
             while end < seal.blocks.len() && (copied == 0 || copied < slice) {
@@ -480,14 +502,27 @@ impl Index {
         if added > 0 && !self.tasks.is_empty() {
             // Twice what arrives, at least: each level's merges then
             // outpace the runs the level below makes.
-            step.tasks = Some(self.work(txn, slice)?);
+            step.tasks = Some(self.work(txn, slice, &mut listed)?);
+        }
+        if let std::borrow::Cow::Owned(listed) = listed
+            && listed != self.listed
+        {
+            put_list(txn, &listed)?;
+            step.listed = Some(listed);
         }
         Ok(step)
     }
 
     /// One slice, of about `budget` entries, of each task: the runs and
     /// tasks as they are after it.
-    fn work(&self, txn: &WriteTransaction, budget: usize) -> Result<(Vec<Run>, Vec<Task>), String> {
+    /// `listed` gains the runs it starts to write and loses those it
+    /// deletes.
+    fn work(
+        &self,
+        txn: &WriteTransaction,
+        budget: usize,
+        listed: &mut std::borrow::Cow<'_, [u64]>,
+    ) -> Result<(Vec<Run>, Vec<Task>), String> {
         let s = |e: &dyn std::fmt::Display| e.to_string();
         let mut blocks = txn.open_table(BLOCKS).map_err(|e| s(&e))?;
         let mut levels = txn.open_table(RUN_LEVELS).map_err(|e| s(&e))?;
@@ -510,6 +545,7 @@ impl Index {
                         blocks
                             .retain_in(run_range(*into, ""), |_, _| false)
                             .map_err(|e| s(&e))?;
+                        list_add(listed, *into);
                     }
                     let slice = Slice {
                         group,
@@ -554,6 +590,9 @@ impl Index {
                     {
                         levels.remove(run).map_err(|e| s(&e))?;
                         list.retain(|r| r.key != run);
+                        if listed.contains(&run) {
+                            listed.to_mut().retain(|&k| k != run);
+                        }
                         queue.pop_front();
                     }
                     if !queue.is_empty() {
@@ -614,6 +653,9 @@ impl Index {
         self.pending += step.added;
         self.in_chunks += step.added;
         let mut changed = false;
+        if let Some(listed) = step.listed {
+            self.listed = listed;
+        }
         if let Some((runs, tasks)) = step.tasks {
             (self.runs, self.tasks, changed) = (runs, tasks, true);
         }
@@ -931,6 +973,46 @@ fn run_keys(txn: &ReadTransaction) -> Result<Vec<u64>, String> {
     )
 }
 
+/// `key` added to `listed` where it sorts, if it is not there.
+fn list_add(listed: &mut std::borrow::Cow<'_, [u64]>, key: u64) {
+    if let Err(at) = listed.binary_search(&key) {
+        listed.to_mut().insert(at, key);
+    }
+}
+
+/// Writes `listed` as [`RUN_LIST`].
+fn put_list(txn: &WriteTransaction, listed: &[u64]) -> Result<(), String> {
+    let s = |e: &dyn std::fmt::Display| e.to_string();
+    let bytes: Vec<u8> = listed.iter().flat_map(|k| k.to_be_bytes()).collect();
+    let mut table = txn.open_table(RUN_LIST).map_err(|e| s(&e))?;
+    table.insert(0, bytes.as_slice()).map_err(|e| s(&e))?;
+    Ok(())
+}
+
+/// [`RUN_LIST`], if it is there and whole (a row of another length is
+/// left to [`run_keys`], with a warning).
+fn listed_runs(txn: &ReadTransaction) -> Result<Option<Vec<u64>>, String> {
+    let s = |e: &dyn std::fmt::Display| e.to_string();
+    let table = txn.open_table(RUN_LIST).map_err(|e| s(&e))?;
+    let Some(row) = table.get(0).map_err(|e| s(&e))? else {
+        return Ok(None);
+    };
+    let bytes = row.value();
+    if bytes.len() % 8 != 0 {
+        tracing::warn!(
+            bytes = bytes.len(),
+            "the trace index's list of runs is damaged; lookups find the runs themselves"
+        );
+        return Ok(None);
+    }
+    let keys = bytes.chunks_exact(8).map(|b| {
+        let mut k = [0u8; 8];
+        k.copy_from_slice(b);
+        u64::from_be_bytes(k)
+    });
+    Ok(Some(keys.collect()))
+}
+
 /// Every run of the second layout (`trace_runs`), oldest first.
 fn old_run_keys(txn: &ReadTransaction) -> Result<Vec<u64>, String> {
     let s = |e: &dyn std::fmt::Display| e.to_string();
@@ -968,7 +1050,11 @@ pub(super) fn lookup(txn: &ReadTransaction, id: &str) -> Result<Vec<Vec<u8>>, St
     // entry's id they do) are parsed.
     let finder = memchr::memmem::Finder::new(id.as_bytes());
     let blocks = txn.open_table(BLOCKS).map_err(|e| s(&e))?;
-    for run in run_keys(txn)? {
+    let runs = match listed_runs(txn)? {
+        Some(runs) => runs,
+        None => run_keys(txn)?,
+    };
+    for run in runs {
         let Some(item) = (blocks.range((run, "")..=(run, id)))
             .map_err(|e| s(&e))?
             .next_back()
@@ -1113,8 +1199,18 @@ mod tests {
         }
     }
 
-    /// Each id's expected answer is the offsets in `want`.
+    /// Each id's expected answer is the offsets in `want`; and the list of
+    /// runs names every run with blocks (lookups read no other).
     fn check(store: &Store, want: &HashMap<String, BTreeMap<u8, u64>>, when: &str) {
+        let txn = store.inner.db.begin_read().unwrap();
+        let (listed, found) = (listed_runs(&txn).unwrap(), run_keys(&txn).unwrap());
+        let listed = listed.unwrap_or_else(|| panic!("no list of runs {when}"));
+        for run in &found {
+            assert!(
+                listed.contains(run),
+                "run {run} not listed {when}: {listed:?}"
+            );
+        }
         let ids: Vec<String> = want.keys().cloned().collect();
         let got = answers(store, &ids);
         for (i, by_writer) in want {
@@ -1352,6 +1448,10 @@ mod tests {
         })
         .await;
         check(&store, &want, "once merged");
+        let txn = store.inner.db.begin_read().unwrap();
+        // The deleted runs have left the list too.
+        assert_eq!(listed_runs(&txn).unwrap(), Some(run_keys(&txn).unwrap()));
+        drop(txn);
         let runs = runs_as_stored(&store);
         let finished: Vec<u8> = runs.values().filter_map(|(l, _)| *l).collect();
         let top = finished.iter().copied().max().unwrap();
@@ -1511,6 +1611,51 @@ mod tests {
         );
         assert_eq!(answers(&store, &old)["old"], vec![7, 0]);
         assert_eq!(answers(&store, &old)["mid"], vec![1]);
+        store.close();
+    }
+
+    #[tokio::test]
+    async fn lookups_read_the_list_of_runs_which_an_open_writes_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open_with_runs(dir.path(), unmerged(4, 4)).unwrap();
+        let mut want: HashMap<String, BTreeMap<u8, u64>> = HashMap::new();
+        for n in 0..8u64 {
+            write(&store, &[(id(n), 1)]).await;
+            want.entry(id(n)).or_default().insert(1, n);
+        }
+        commit_until(&store, |(chunks, in_runs)| chunks == 1 && in_runs == 8).await;
+        check(&store, &want, "sealed");
+        let ids: Vec<String> = (0..8).map(id).collect();
+        let all: HashMap<String, Vec<u64>> = (0..8).map(|n| (id(n), vec![n])).collect();
+        let set_list = |row: Option<&[u8]>| {
+            let txn = store.inner.db.begin_write().unwrap();
+            let mut table = txn.open_table(RUN_LIST).unwrap();
+            match row {
+                Some(row) => table.insert(0, row).map(|_| ()),
+                None => table.remove(0).map(|_| ()),
+            }
+            .unwrap();
+            drop(table);
+            txn.commit().unwrap();
+        };
+        let runs = run_keys(&store.inner.db.begin_read().unwrap()).unwrap();
+        assert_eq!(runs.len(), 2, "{runs:?}");
+        // Without it (a store an older build wrote), or damaged, lookups
+        // find the runs themselves.
+        set_list(None);
+        assert_eq!(answers(&store, &ids), all);
+        set_list(Some(&[1, 2, 3]));
+        assert_eq!(answers(&store, &ids), all);
+        // Out of date (naming the first run only), it is what lookups go
+        // by: the second run's ids are not found...
+        set_list(Some(&runs[0].to_be_bytes()));
+        let got = answers(&store, &ids);
+        assert_eq!(got.values().filter(|v| v.is_empty()).count(), 4, "{got:?}");
+        store.close();
+        drop(store);
+        // ...until the next open writes it again.
+        let store = Store::open_with_runs(dir.path(), unmerged(4, 4)).unwrap();
+        check(&store, &want, "reopened");
         store.close();
     }
 

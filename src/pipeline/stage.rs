@@ -110,10 +110,10 @@ impl StageFailure {
 /// Part of the record format: a replay must derive the ids it derived the
 /// first time, so the name (`<input id>/<route>/<stage>/<n>`) and the
 /// namespace never change. It is a version 5 UUID (RFC 9562: SHA-1 of the
-/// namespace and the name), hashed with the `sha1` crate, which uses the
-/// CPU's SHA instructions where it has them (`uuid`'s own v5 hashes in
-/// portable code, about 2,000 instructions a block), and built without
-/// `format!` and `Display`, which together cost about as much again.
+/// namespace, then the name). The `sha1` crate hashes with the CPU's SHA
+/// instructions where it has them, which `uuid`'s own v5 does not (215
+/// against 475 ns an id on the benchmark machine), and the name goes into
+/// the hash without `format!` or `Display`.
 pub fn derive_id(input_id: &str, route: &str, stage: usize, n: usize) -> String {
     use sha1::Digest as _;
     let mut h = sha1::Sha1::new();

@@ -209,3 +209,83 @@ fn a_saturated_router_answers_503_with_retry_after_and_loses_nothing() {
         "the log holds exactly the accepted events"
     );
 }
+
+/// Reads one answer (head and a `content-length` body) from `stream`.
+fn read_answer(stream: &mut TcpStream) -> (String, String) {
+    stream.set_read_timeout(Some(DEADLINE)).unwrap();
+    let mut raw = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        if let Some(end) = raw.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&raw[..end]).to_ascii_lowercase();
+            let len: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .map(|v| v.trim().parse().unwrap())
+                .unwrap_or(0);
+            if raw.len() >= end + 4 + len {
+                let body = String::from_utf8_lossy(&raw[end + 4..end + 4 + len]).to_string();
+                return (head, body);
+            }
+        }
+        let n = stream.read(&mut buf).expect("an answer");
+        assert!(n > 0, "closed before a whole answer: {raw:?}");
+        raw.extend_from_slice(&buf[..n]);
+    }
+}
+
+#[test]
+fn a_refusal_sent_before_the_body_is_read_closes_the_connection_and_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = default_config().replace(
+        "max_body_bytes = 1048576",
+        &format!("max_body_bytes = 1048576\nmax_in_flight = {SLOTS}"),
+    );
+    let router = Router::start(dir.path(), &config);
+    let addr = router.base.trim_start_matches("http://").to_string();
+    let ev = hmpps(RECEIVED, "A1234AA", "MDI", "2024-06-11T14:41:22Z");
+    let held: Vec<Held> = (0..SLOTS).map(|_| hold(&addr, &ev)).collect();
+
+    // One keep-alive connection, whole requests on it, until one is refused
+    // (until then the held requests may not yet have taken their slots).
+    let body = ev.to_string();
+    let request = format!(
+        "POST /v1/events HTTP/1.1\r\nhost: {addr}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let mut stream = TcpStream::connect(&addr).unwrap();
+    let start = Instant::now();
+    let head = loop {
+        stream.write_all(request.as_bytes()).unwrap();
+        let (head, answer) = read_answer(&mut stream);
+        if head.starts_with("http/1.1 503") {
+            assert!(answer.contains("too many requests in flight"), "{answer}");
+            break head;
+        }
+        assert!(head.starts_with("http/1.1 202"), "{head}\n{answer}");
+        assert!(
+            !head.contains("connection: close"),
+            "an accepted request keeps its connection: {head}"
+        );
+        assert!(start.elapsed() < DEADLINE, "never saturated");
+    };
+    assert!(
+        head.lines().any(|l| l.trim() == "connection: close"),
+        "a refusal that leaves the body unread must say the connection closes: {head}"
+    );
+    // And the router does close it: the next read is the end of the stream.
+    let mut buf = [0u8; 64];
+    let n = stream.read(&mut buf).expect("end of stream, not a timeout");
+    assert_eq!(
+        n,
+        0,
+        "the connection stays open after a refusal: {:?}",
+        &buf[..n]
+    );
+
+    // The held requests are not disturbed.
+    for h in held {
+        let answer = h.finish();
+        assert!(answer.starts_with("HTTP/1.1 202"), "{answer}");
+    }
+}

@@ -245,6 +245,12 @@ fn hostile_requests_get_their_status_and_reason_and_nothing_moves() {
     }
     assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
     assert!(answer.contains("request_timeout_ms"), "{answer}");
+    assert!(
+        answer
+            .to_ascii_lowercase()
+            .contains("\r\nconnection: close\r\n"),
+        "the rest of the body is never read, so the connection closes: {answer}"
+    );
 
     // Headers trickled in and never finished: after request_timeout_ms the
     // router closes the connection rather than holding it open.

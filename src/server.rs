@@ -27,6 +27,80 @@ pub fn app(rt: Arc<Runtime>) -> axum::Router {
             token,
             crate::admin::require_admin,
         ))
+        .layer(axum::middleware::from_fn(close_if_body_unread))
+}
+
+/// Middleware: an answer sent before the request's body was read to its end
+/// says `Connection: close`. hyper closes such a connection after the answer
+/// (what is left of the body cannot be told from the next request) unless
+/// the rest happens to be in its buffer already; without the header, a
+/// client that pools connections sends its next request on a closed one and
+/// meets an unexpected EOF. Every early answer gets it this way: a saturated
+/// ingest's `503`, a `408` for a body that did not arrive, the admin `401`,
+/// a `404` or `405` for a request with a body.
+async fn close_if_body_unread(
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let (parts, body) = req.into_parts();
+    if http_body::Body::is_end_stream(&body) {
+        return next
+            .run(axum::extract::Request::from_parts(parts, body))
+            .await;
+    }
+    let read = Arc::new(AtomicBool::new(false));
+    let body = axum::body::Body::new(Tracked {
+        inner: body,
+        read: read.clone(),
+    });
+    let mut answer = next
+        .run(axum::extract::Request::from_parts(parts, body))
+        .await;
+    if !read.load(Ordering::Acquire) {
+        answer.headers_mut().insert(
+            axum::http::header::CONNECTION,
+            axum::http::HeaderValue::from_static("close"),
+        );
+    }
+    answer
+}
+
+/// A request body that records when it has been read to its end.
+struct Tracked {
+    inner: axum::body::Body,
+    read: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl http_body::Body for Tracked {
+    type Data = bytes::Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        use std::task::Poll;
+        let this = &mut *self;
+        let polled = std::pin::Pin::new(&mut this.inner).poll_frame(cx);
+        let end = match &polled {
+            Poll::Ready(None) => true,
+            Poll::Ready(Some(Ok(_))) => http_body::Body::is_end_stream(&this.inner),
+            _ => false,
+        };
+        if end {
+            this.read.store(true, std::sync::atomic::Ordering::Release);
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
 }
 
 /// Serves `rt` on `listener` until `shutdown` becomes true.

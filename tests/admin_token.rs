@@ -156,3 +156,47 @@ fn with_a_token_mutating_admin_requests_need_it_even_on_loopback() {
         "{stdout}"
     );
 }
+
+/// Answers sent before a request's body arrived (the admin `401`, a `404`)
+/// say `Connection: close`, and the router closes the connection after them,
+/// so a client that pools connections does not send its next request on a
+/// closed one. An answer to a request without a body keeps the connection.
+#[test]
+fn early_answers_to_requests_with_bodies_close_the_connection_and_say_so() {
+    use std::io::{Read, Write};
+    let dir = tempfile::tempdir().unwrap();
+    let router = Router::start_with(dir.path(), &default_config(), |cmd| {
+        cmd.env("SWITCHYARD_ADMIN_TOKEN", TOKEN);
+    });
+    let addr = router.base.trim_start_matches("http://").to_string();
+    let bearer = format!("authorization: Bearer {TOKEN}\r\n");
+    for (path, auth, status) in [
+        ("/v1/config/reload", "", "401"),
+        ("/v1/no-such-endpoint", bearer.as_str(), "404"),
+    ] {
+        let mut stream = std::net::TcpStream::connect(&addr).unwrap();
+        // A request without a body first: answered, connection kept.
+        write!(stream, "GET /v1/plugins HTTP/1.1\r\nhost: {addr}\r\n\r\n").unwrap();
+        let (head, _) = read_answer(&mut stream);
+        assert!(head.starts_with("http/1.1 200"), "{head}");
+        assert!(!head.contains("connection: close"), "{head}");
+        // Then one whose body is held back: answered before it arrives.
+        write!(
+            stream,
+            "POST {path} HTTP/1.1\r\nhost: {addr}\r\n{auth}content-type: application/json\r\ncontent-length: 100\r\n\r\n{{\"a\":"
+        )
+        .unwrap();
+        let (head, body) = read_answer(&mut stream);
+        assert!(
+            head.starts_with(&format!("http/1.1 {status}")),
+            "{head}\n{body}"
+        );
+        assert!(
+            head.lines().any(|l| l.trim() == "connection: close"),
+            "{path}: an answer sent with the body unread must say the connection closes: {head}"
+        );
+        let mut buf = [0u8; 64];
+        let n = stream.read(&mut buf).expect("end of stream, not a timeout");
+        assert_eq!(n, 0, "{path}: the connection stays open: {:?}", &buf[..n]);
+    }
+}

@@ -210,30 +210,6 @@ fn a_saturated_router_answers_503_with_retry_after_and_loses_nothing() {
     );
 }
 
-/// Reads one answer (head and a `content-length` body) from `stream`.
-fn read_answer(stream: &mut TcpStream) -> (String, String) {
-    stream.set_read_timeout(Some(DEADLINE)).unwrap();
-    let mut raw = Vec::new();
-    let mut buf = [0u8; 4096];
-    loop {
-        if let Some(end) = raw.windows(4).position(|w| w == b"\r\n\r\n") {
-            let head = String::from_utf8_lossy(&raw[..end]).to_ascii_lowercase();
-            let len: usize = head
-                .lines()
-                .find_map(|l| l.strip_prefix("content-length:"))
-                .map(|v| v.trim().parse().unwrap())
-                .unwrap_or(0);
-            if raw.len() >= end + 4 + len {
-                let body = String::from_utf8_lossy(&raw[end + 4..end + 4 + len]).to_string();
-                return (head, body);
-            }
-        }
-        let n = stream.read(&mut buf).expect("an answer");
-        assert!(n > 0, "closed before a whole answer: {raw:?}");
-        raw.extend_from_slice(&buf[..n]);
-    }
-}
-
 #[test]
 fn a_refusal_sent_before_the_body_is_read_closes_the_connection_and_says_so() {
     let dir = tempfile::tempdir().unwrap();

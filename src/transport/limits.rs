@@ -63,7 +63,6 @@ impl IngestLimits {
                 ) }]),
             );
             retry_after(&mut r);
-            close_after(&mut r);
             Box::new(r)
         })
     }
@@ -100,17 +99,17 @@ impl IngestLimits {
                     }
                 }
                 Ok(Some(Err(e))) => {
-                    return Err(unread(error(
+                    return Err(Box::new(error(
                         StatusCode::BAD_REQUEST,
                         "cannot read request body",
                         json!([{ "field": "body", "reason": e.to_string() }]),
                     )));
                 }
-                Err(_) if over => return Err(unread(*self.too_large())),
+                Err(_) if over => return Err(self.too_large()),
                 Err(_) => {
                     let ms = self.body_timeout.as_millis();
                     tracing::warn!(timeout_ms = ms as u64, "request body not received in time");
-                    return Err(unread(error(
+                    return Err(Box::new(error(
                         StatusCode::REQUEST_TIMEOUT,
                         "request body not received in time",
                         json!([{ "field": "body", "reason": format!(
@@ -190,24 +189,6 @@ impl Kept {
             Kept::Many(b) => b.freeze(),
         }
     }
-}
-
-/// Adds `Connection: close` to an answer sent before the request's body was
-/// read to its end. The server closes such a connection (what is left of the
-/// body cannot be told from the next request), and the header tells the
-/// client so: without it, a client that pools connections sends its next
-/// request on one that is already closed and meets an unexpected EOF.
-fn close_after(r: &mut Response) {
-    r.headers_mut().insert(
-        axum::http::header::CONNECTION,
-        HeaderValue::from_static("close"),
-    );
-}
-
-/// A refusal sent with the body unread, ready to return.
-fn unread(mut r: Response) -> Refusal {
-    close_after(&mut r);
-    Box::new(r)
 }
 
 /// Adds `Retry-After` to a refusal the client may simply repeat later.

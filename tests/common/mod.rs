@@ -392,3 +392,28 @@ impl Router {
         }
     }
 }
+
+/// Reads one raw HTTP/1.1 answer from `stream`: its head, lower-cased, and
+/// its `content-length` body.
+pub fn read_answer(stream: &mut std::net::TcpStream) -> (String, String) {
+    stream.set_read_timeout(Some(DEADLINE)).unwrap();
+    let mut raw = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        if let Some(end) = raw.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&raw[..end]).to_ascii_lowercase();
+            let len: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .map(|v| v.trim().parse().unwrap())
+                .unwrap_or(0);
+            if raw.len() >= end + 4 + len {
+                let body = String::from_utf8_lossy(&raw[end + 4..end + 4 + len]).to_string();
+                return (head, body);
+            }
+        }
+        let n = std::io::Read::read(stream, &mut buf).expect("an answer");
+        assert!(n > 0, "closed before a whole answer: {raw:?}");
+        raw.extend_from_slice(&buf[..n]);
+    }
+}

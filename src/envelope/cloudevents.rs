@@ -41,8 +41,11 @@ pub fn to_cloudevent_json(ev: &Event) -> Value {
     Value::Object(out)
 }
 
+/// One structured-mode CloudEvent; `raw_data` is its `data` member as the
+/// producer wrote it, when known.
 pub(super) fn structured(
     value: Value,
+    raw_data: Option<&str>,
     index: Option<usize>,
     trace: Option<String>,
     defaults: &IngestDefaults,
@@ -78,7 +81,10 @@ pub(super) fn structured(
         let reason = "only json data is supported (application/json or */*+json)";
         return Err(unsupported(index, "/datacontenttype", reason));
     }
-    let data = json_text(&payload);
+    let data = match raw_data {
+        Some(text) => text.to_string(),
+        None => json_text(&payload),
+    };
     ce_event(attrs, "/", (payload, data), index, trace, defaults)
 }
 

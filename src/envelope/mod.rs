@@ -12,7 +12,9 @@ use std::fmt;
 use std::str::FromStr;
 
 use http::HeaderMap;
+use serde::Deserialize;
 use serde_json::Value;
+use serde_json::value::RawValue;
 
 use crate::event::Event;
 
@@ -229,9 +231,20 @@ fn decode_events(
             _ if batch => return Err(bad(None, "", "expected a json array of cloudevents")),
             _ => return Err(bad(None, "", "expected a cloudevent json object")),
         };
+        let raw = if batch {
+            serde_json::from_slice::<Vec<RawData>>(body).ok()
+        } else {
+            serde_json::from_slice::<RawData>(body)
+                .ok()
+                .map(|d| vec![d])
+        };
+        let raw = raw.filter(|r| r.len() == items.len());
         let items = items.into_iter().enumerate();
         items
-            .map(|(i, v)| structured(v, batch.then_some(i), trace.clone(), defaults))
+            .map(|(i, v)| {
+                let data = raw.as_ref().and_then(|r| r[i].data).map(RawValue::get);
+                structured(v, data, batch.then_some(i), trace.clone(), defaults)
+            })
             .collect()
     } else if !is_json_media(&media) && binary_mode {
         let reason = format!("binary-mode cloudevents need a json content type, got `{media}`");
@@ -319,16 +332,44 @@ fn non_empty(items: Vec<Value>) -> Result<Vec<Value>, EnvelopeError> {
     Ok(items)
 }
 
+/// The `data` member of a CloudEvent as the producer wrote it (other members
+/// are read from the parsed value).
+#[derive(Deserialize)]
+struct RawData<'a> {
+    #[serde(borrow, default)]
+    data: Option<&'a RawValue>,
+}
+
+/// The items of an HMPPS batch sent as `{"events": [...]}`, as written.
+#[derive(Deserialize)]
+struct RawEvents<'a> {
+    #[serde(borrow)]
+    events: Vec<&'a RawValue>,
+}
+
+/// Every event's `data` is the producer's own text of it, in a batch as when
+/// sent alone: writing the parsed value out again would sort its keys and
+/// drop its spacing. The items' text is found by a second, borrowing read of
+/// the body; where that read fails (a member given twice, which the parsed
+/// value resolves to the last) the parsed value is written out instead.
 fn hmpps(
     body: &[u8],
     trace: Option<String>,
     defaults: &IngestDefaults,
 ) -> Result<Vec<Incoming>, EnvelopeError> {
-    let items = match parse_json(body)? {
-        Value::Array(items) => non_empty(items)?,
+    let (items, raw) = match parse_json(body)? {
+        Value::Array(items) => (
+            non_empty(items)?,
+            serde_json::from_slice::<Vec<&RawValue>>(body).ok(),
+        ),
         Value::Object(mut obj) if obj.contains_key("events") && !obj.contains_key("eventType") => {
             match obj.remove("events") {
-                Some(Value::Array(items)) => non_empty(items)?,
+                Some(Value::Array(items)) => (
+                    non_empty(items)?,
+                    serde_json::from_slice::<RawEvents>(body)
+                        .ok()
+                        .map(|r| r.events),
+                ),
                 _ => return Err(bad(None, "/events", "must be an array")),
             }
         }
@@ -339,12 +380,16 @@ fn hmpps(
         }
         _ => return Err(bad(None, "", "expected a json object or array")),
     };
+    let raw = raw.filter(|r| r.len() == items.len());
     let mut out = Vec::with_capacity(items.len());
     for (index, payload) in items.into_iter().enumerate() {
         if !payload.is_object() {
             return Err(bad(Some(index), "", "expected a json object"));
         }
-        let data = json_text(&payload);
+        let data = match &raw {
+            Some(r) => r[index].get().to_string(),
+            None => json_text(&payload),
+        };
         let event = hmpps_event(&payload, Some(index), data, trace.clone(), defaults)?;
         out.push(incoming(event, Envelope::Hmpps, payload, Some(index)));
     }

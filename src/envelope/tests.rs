@@ -106,6 +106,49 @@ fn hmpps_batches_as_array_or_events_object() {
 }
 
 #[test]
+fn batch_items_and_cloudevent_data_keep_the_producers_bytes() {
+    // Keys out of sorted order, spacing, an escape: none of it may change.
+    let a = r#"{ "version": 2, "eventType": "a", "occurredAt": "2024-06-11Z",
+        "note": "caf\u00e9", "personReference": {"identifiers": [{"value": "A1", "type": "NOMS"}]} }"#;
+    let b = r#"{"occurredAt":"2024-06-12Z","eventType":"b","version":1}"#;
+    for body in [
+        format!("[ {a} ,\n {b} ]"),
+        format!(r#"{{ "producer": "x", "events": [{a}, {b}] }}"#),
+    ] {
+        let out = decode(JSON, &body).unwrap();
+        assert_eq!(out[0].event.data, a);
+        assert_eq!(out[1].event.data, b);
+        assert_eq!(out[0].event.key.as_deref(), Some("A1"));
+    }
+    // "events" given twice: the parsed value's reading (the last) holds, and
+    // the data is written out from it.
+    let twice = format!(r#"{{"events": [{a}], "events": [{b}, {b}]}}"#);
+    let out = decode(JSON, &twice).unwrap();
+    assert_eq!(out.len(), 2);
+    assert_eq!(
+        out[1].event.data,
+        json!({"occurredAt":"2024-06-12Z","eventType":"b","version":1}).to_string()
+    );
+
+    let ce = |data: &str| {
+        format!(r#"{{"specversion":"1.0","id":"e-1","source":"s","type":"t", "data" : {data} }}"#)
+    };
+    let ev = &decode(CE_SINGLE, &ce(a)).unwrap()[0].event;
+    assert_eq!(ev.data, a);
+    let batch = format!("[{}, {}]", ce(b), ce("[1, 2.50, \"x\"]"));
+    let out = decode(CE_BATCH, &batch).unwrap();
+    assert_eq!(out[0].event.data, b);
+    assert_eq!(out[1].event.data, "[1, 2.50, \"x\"]");
+    // No data, or null: the text "null", as before.
+    let none = r#"{"specversion":"1.0","id":"e-1","source":"s","type":"t"}"#;
+    assert_eq!(decode(CE_SINGLE, none).unwrap()[0].event.data, "null");
+    assert_eq!(
+        decode(CE_SINGLE, &ce("null")).unwrap()[0].event.data,
+        "null"
+    );
+}
+
+#[test]
 fn hmpps_bad_bodies_name_the_item_and_field() {
     for body in ["[]", r#"{"events": []}"#] {
         assert_eq!(fails(JSON, body, 400, None, ""), "body: batch is empty");

@@ -94,15 +94,21 @@ fn post(agent: &ureq::Agent, base: &str, event: &Value) -> Result<String, String
     }
 }
 
-#[test]
-fn a_saturated_router_answers_503_with_retry_after_and_loses_nothing() {
-    let dir = tempfile::tempdir().unwrap();
+/// A router with [`SLOTS`] ingest slots, and its `host:port`.
+fn start_with_slots(dir: &std::path::Path) -> (Router, String) {
     let config = default_config().replace(
         "max_body_bytes = 1048576",
         &format!("max_body_bytes = 1048576\nmax_in_flight = {SLOTS}"),
     );
-    let router = Router::start(dir.path(), &config);
+    let router = Router::start(dir, &config);
     let addr = router.base.trim_start_matches("http://").to_string();
+    (router, addr)
+}
+
+#[test]
+fn a_saturated_router_answers_503_with_retry_after_and_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let (router, addr) = start_with_slots(dir.path());
     let agent = agent();
     let event = |n: usize| {
         let mut ev = hmpps(
@@ -213,12 +219,7 @@ fn a_saturated_router_answers_503_with_retry_after_and_loses_nothing() {
 #[test]
 fn a_refusal_sent_before_the_body_is_read_closes_the_connection_and_says_so() {
     let dir = tempfile::tempdir().unwrap();
-    let config = default_config().replace(
-        "max_body_bytes = 1048576",
-        &format!("max_body_bytes = 1048576\nmax_in_flight = {SLOTS}"),
-    );
-    let router = Router::start(dir.path(), &config);
-    let addr = router.base.trim_start_matches("http://").to_string();
+    let (router, addr) = start_with_slots(dir.path());
     let ev = hmpps(RECEIVED, "A1234AA", "MDI", "2024-06-11T14:41:22Z");
     let held: Vec<Held> = (0..SLOTS).map(|_| hold(&addr, &ev)).collect();
 

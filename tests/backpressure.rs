@@ -219,7 +219,7 @@ fn a_saturated_router_answers_503_with_retry_after_and_loses_nothing() {
 #[test]
 fn a_refusal_sent_before_the_body_is_read_closes_the_connection_and_says_so() {
     let dir = tempfile::tempdir().unwrap();
-    let (router, addr) = start_with_slots(dir.path());
+    let (_router, addr) = start_with_slots(dir.path());
     let ev = hmpps(RECEIVED, "A1234AA", "MDI", "2024-06-11T14:41:22Z");
     let held: Vec<Held> = (0..SLOTS).map(|_| hold(&addr, &ev)).collect();
 

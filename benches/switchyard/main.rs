@@ -155,6 +155,9 @@ fn main() -> Result<()> {
     let bodies: Vec<String> = generated.iter().map(|g| g.body.clone()).collect();
     let (min, median, max) = events::size_summary(&generated);
     let (types, keys) = events::mix_summary(&generated);
+    println!(
+        "events: {n}, {types} types, {keys} keys, payloads {min}–{max} bytes (median {median})"
+    );
     let mut report = Report::default();
     let started = Instant::now();
     let run = |name: &str, report: &mut Report, f: &mut dyn FnMut(&mut Report) -> Result<()>| {

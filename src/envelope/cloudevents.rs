@@ -81,10 +81,7 @@ pub(super) fn structured(
         let reason = "only json data is supported (application/json or */*+json)";
         return Err(unsupported(index, "/datacontenttype", reason));
     }
-    let data = match raw_data {
-        Some(text) => text.to_string(),
-        None => json_text(&payload),
-    };
+    let data = data_text(raw_data, &payload);
     ce_event(attrs, "/", (payload, data), index, trace, defaults)
 }
 

@@ -386,10 +386,7 @@ fn hmpps(
         if !payload.is_object() {
             return Err(bad(Some(index), "", "expected a json object"));
         }
-        let data = match &raw {
-            Some(r) => r[index].get().to_string(),
-            None => json_text(&payload),
-        };
+        let data = data_text(raw.as_ref().map(|r| r[index].get()), &payload);
         let event = hmpps_event(&payload, Some(index), data, trace.clone(), defaults)?;
         out.push(incoming(event, Envelope::Hmpps, payload, Some(index)));
     }
@@ -423,6 +420,15 @@ fn hmpps_event(
         data,
         traceparent,
     })
+}
+
+/// An event's `data`: the producer's own text when it is known, else the
+/// parsed value written out.
+fn data_text(raw: Option<&str>, payload: &Value) -> String {
+    match raw {
+        Some(text) => text.to_string(),
+        None => json_text(payload),
+    }
 }
 
 /// JSON Schema counts `1.0` as an integer, so we do too.

@@ -205,7 +205,7 @@ fn main() -> Result<()> {
             "".into(),
         ));
         rows.push((
-            format!("Extism 1.30.0 (`extism-pdk` 1.4.1), payload in/out"),
+            "Extism 1.30.0 (`extism-pdk` 1.4.1), payload in/out".into(),
             ext,
             format!(
                 "{} KB module, load {:.1} ms",

@@ -13,10 +13,18 @@ use common::*;
 use serde_json::{Value, json};
 
 fn counter_config(path: &std::path::Path) -> String {
-    config_with(&format!(
-        "[plugins.counter]\npath = \"{}\"\nprojection = true\ncapabilities = [\"kv\"]\n\n[[routes]]\nname = \"count\"\nmatch = [\"*\"]\npipeline = [\"counter\"]\n",
-        path.display()
-    ))
+    counter_config_with(path, "")
+}
+
+/// `counter_config` with more `[router]` keys.
+fn counter_config_with(path: &std::path::Path, router: &str) -> String {
+    config_with_router(
+        router,
+        &format!(
+            "[plugins.counter]\npath = \"{}\"\nprojection = true\ncapabilities = [\"kv\"]\n\n[[routes]]\nname = \"count\"\nmatch = [\"*\"]\npipeline = [\"counter\"]\n",
+            path.display()
+        ),
+    )
 }
 
 fn post_batch(router: &Router, start: usize, n: usize) {
@@ -33,6 +41,23 @@ fn post_batch(router: &Router, start: usize, n: usize) {
         .collect();
     let (status, body) = router.post_json(&json!(batch));
     assert_eq!(status, 202, "{body}");
+}
+
+/// The store's successful commits so far, from `/metrics`.
+fn store_commits(router: &Router) -> f64 {
+    let text = agent()
+        .get(router.url("/metrics"))
+        .call()
+        .expect("GET /metrics")
+        .body_mut()
+        .read_to_string()
+        .expect("metrics body");
+    text.lines()
+        .find_map(|l| {
+            l.strip_prefix("switchyard_store_commit_duration_seconds_count{outcome=\"ok\"} ")
+        })
+        .and_then(|v| v.parse().ok())
+        .expect("commit count in /metrics")
 }
 
 fn state(router: &Router) -> Value {
@@ -214,10 +239,15 @@ fn a_rebuild_on_demand_gives_the_same_state() {
     let dir = tempfile::tempdir().unwrap();
     let live = dir.path().join("counter.wasm");
     std::fs::copy(plugin("counter-projection-v2"), &live).unwrap();
-    let router = Router::start(dir.path(), &counter_config(&live));
+    // Replayed 7 log events a commit: many batches, the last one short.
+    let router = Router::start(
+        dir.path(),
+        &counter_config_with(&live, "rebuild_batch_size = 7"),
+    );
     post_batch(&router, 0, 300);
     router.wait_for("counter-state", 300);
     let before = state(&router);
+    let commits_before = store_commits(&router);
 
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_switchyard"))
         .args([
@@ -239,6 +269,12 @@ fn a_rebuild_on_demand_gives_the_same_state() {
     let status = router.plugin_status("counter");
     assert_eq!(status["namespace"], "counter/g2");
     assert_eq!(state(&router), before);
+    // Until the last 256 (`batch_size`, replayed while the live consumer
+    // waits), one commit per 7 events: 44 of the 300 in 7 commits, then the
+    // catch-up, and the rebuild's start and switch-over. Replayed in one
+    // batch it would be 3 or 4.
+    let commits = store_commits(&router) - commits_before;
+    assert!(commits >= 9.0, "{commits} commits during the rebuild");
 
     // Not a projection, or no such plugin: refused with the reason.
     let resp = agent()

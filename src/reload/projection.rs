@@ -187,7 +187,10 @@ pub async fn run(
     let cursor = cursor_key(&name, job.generation);
     let input = rt.config.ingest.topic.clone();
     let consumer = rt.config.router.consumer.clone();
+    // The live pipeline's batch bounds the catch-up done under the gate
+    // (the live consumer waits meanwhile); the rest replays in larger ones.
     let batch_size = rt.config.router.batch_size;
+    let rebuild_batch = rt.config.router.rebuild_batch_size;
     let policy = StagePolicy {
         reserved_topics: Vec::new(),
         ..StagePolicy::new(&input, &rt.config.router)
@@ -297,7 +300,7 @@ pub async fn run(
             tracing::info!(plugin = %name, version = job.plugin.version(), generation = job.generation, events = offset, "projection rebuilt and swapped in");
             return Ok(RebuildEnd::Done { events: offset });
         }
-        offset = match replay(&rt, &job, &ns, &cursor, offset, batch_size, &policy).await {
+        offset = match replay(&rt, &job, &ns, &cursor, offset, rebuild_batch, &policy).await {
             Ok(o) => o,
             Err(err) => {
                 progress(offset, "failed", Some(err.clone()));

@@ -329,14 +329,24 @@ async fn replay(
     n: usize,
     policy: &StagePolicy,
 ) -> Result<u64, String> {
-    let records = rt
-        .store
-        .read(&rt.config.ingest.topic, offset, n)
-        .map_err(|e| e.to_string())?;
-    let Some(last) = records.last().map(|r| r.offset) else {
-        return Ok(offset);
-    };
     let routes = rt.routes();
+    // Only the events of the projection's routes are decoded.
+    let routed = |event_type: &str| {
+        routes.routes().iter().any(|route| {
+            route
+                .stages
+                .first()
+                .is_some_and(|s| s.plugin.name() == job.name)
+                && route.matches(event_type)
+        })
+    };
+    let (records, next) = rt
+        .store
+        .read_matching(&rt.config.ingest.topic, offset, n, routed)
+        .map_err(|e| e.to_string())?;
+    if next == offset {
+        return Ok(offset);
+    }
     // Events held on the projection's routes have not been applied live;
     // they stay held until after the switch-over and are applied then.
     let held: std::collections::HashSet<u64> = crate::pipeline::held_keys(&rt.store)
@@ -355,17 +365,9 @@ async fn replay(
         .collect();
     let kv = BatchKv::new(rt.store.clone());
     for r in &records {
-        let routed = routes.routes().iter().any(|route| {
-            route
-                .stages
-                .first()
-                .is_some_and(|s| s.plugin.name() == job.name)
-                && route.matches(&r.event.event_type)
-        });
         // A copy re-injected from the dead-letter topic: the rebuild already
         // gave the new version the original, at its place in the log.
-        if !routed || r.event.attributes.contains_key(ATTR_REPLAY_COUNT) || held.contains(&r.offset)
-        {
+        if r.event.attributes.contains_key(ATTR_REPLAY_COUNT) || held.contains(&r.offset) {
             continue;
         }
         let unit = UnitKv::new(kv.clone());
@@ -381,10 +383,10 @@ async fn replay(
     rt.store
         .write(WriteBatch {
             kv: kv.take(),
-            cursors: vec![(cursor.to_string(), last + 1)],
+            cursors: vec![(cursor.to_string(), next)],
             ..Default::default()
         })
         .await
         .map_err(|e| e.to_string())?;
-    Ok(last + 1)
+    Ok(next)
 }

@@ -134,6 +134,22 @@ pub fn decode(bytes: &[u8]) -> Result<Event, String> {
     }
 }
 
+/// The event type of the stored record `bytes`, read without decoding the
+/// rest; `None` for a record of the older JSON layout.
+pub fn event_type(bytes: &[u8]) -> Result<Option<&str>, String> {
+    match bytes.first() {
+        Some(&TAG) => {
+            let mut r = Reader { b: &bytes[1..] };
+            let id = r.len("id")?;
+            r.take(id).ok_or("the id runs past the record's end")?;
+            r.str("type").map(Some)
+        }
+        Some(b'{') => Ok(None),
+        Some(b) => Err(format!("unknown record layout (first byte {b:#04x})")),
+        None => Err("empty record".into()),
+    }
+}
+
 pub(super) fn put_len(b: &mut Vec<u8>, mut n: u64) {
     loop {
         let byte = (n & 0x7f) as u8;

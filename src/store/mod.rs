@@ -72,6 +72,15 @@ pub enum StoreError {
     Closed,
 }
 
+/// A record of `topic` at `offset` that cannot be read back.
+fn corrupt(topic: &str, offset: u64, reason: String) -> StoreError {
+    StoreError::Corrupt {
+        topic: topic.to_string(),
+        offset,
+        reason,
+    }
+}
+
 fn read_err(e: impl std::fmt::Display) -> StoreError {
     StoreError::Read(e.to_string())
 }
@@ -297,17 +306,60 @@ impl Store {
 
     /// Up to `limit` records of `topic` from offset `from`.
     pub fn read(&self, topic: &str, from: u64, limit: usize) -> Result<Vec<Record>, StoreError> {
+        let mut out = Vec::new();
+        self.scan(topic, from, limit, |offset, bytes| {
+            let event = codec::decode(bytes).map_err(|r| corrupt(topic, offset, r))?;
+            out.push(Record { offset, event });
+            Ok(())
+        })?;
+        Ok(out)
+    }
+
+    /// Like [`Store::read`], but decodes only the records whose event type
+    /// `keep` accepts: the others cost reading their type. `limit` counts
+    /// every record read. Returns the kept records and the offset after the
+    /// last record read (`from` when there was none).
+    pub fn read_matching(
+        &self,
+        topic: &str,
+        from: u64,
+        limit: usize,
+        mut keep: impl FnMut(&str) -> bool,
+    ) -> Result<(Vec<Record>, u64), StoreError> {
+        let mut out = Vec::new();
+        let next = self.scan(topic, from, limit, |offset, bytes| {
+            let corrupt = |r| corrupt(topic, offset, r);
+            // `None`: a record of the older JSON layout, decoded to tell.
+            if codec::event_type(bytes)
+                .map_err(corrupt)?
+                .is_some_and(|t| !keep(t))
+            {
+                return Ok(());
+            }
+            let event = codec::decode(bytes).map_err(corrupt)?;
+            if keep(&event.event_type) {
+                out.push(Record { offset, event });
+            }
+            Ok(())
+        })?;
+        Ok((out, next))
+    }
+
+    /// Calls `visit` with the offset and stored bytes of up to `limit`
+    /// records of `topic` from offset `from`, in order. Returns the offset
+    /// after the last one visited (`from` when none was).
+    fn scan(
+        &self,
+        topic: &str,
+        from: u64,
+        limit: usize,
+        mut visit: impl FnMut(u64, &[u8]) -> Result<(), StoreError>,
+    ) -> Result<u64, StoreError> {
+        if limit == 0 {
+            return Ok(from);
+        }
         let txn = self.inner.db.begin_read().map_err(read_err)?;
         let table = txn.open_table(LOG).map_err(read_err)?;
-        let corrupt = |offset: u64, reason: String| StoreError::Corrupt {
-            topic: topic.to_string(),
-            offset,
-            reason,
-        };
-        let mut out = Vec::new();
-        if limit == 0 {
-            return Ok(out);
-        }
         // The entry holding `from` starts at or before it (a chunk).
         let start = match table
             .range((topic, 0)..=(topic, from))
@@ -317,25 +369,27 @@ impl Store {
             Some(item) => item.map_err(read_err)?.0.value().1,
             None => from,
         };
+        let (mut next, mut visited) = (from, 0);
         for item in table
             .range((topic, start)..(topic, u64::MAX))
             .map_err(read_err)?
         {
             let (k, v) = item.map_err(read_err)?;
             let first = k.value().1;
-            let records = codec::records(v.value()).map_err(|reason| corrupt(first, reason))?;
+            let records = codec::records(v.value()).map_err(|r| corrupt(topic, first, r))?;
             for (offset, bytes) in (first..).zip(records) {
                 if offset < from {
                     continue;
                 }
-                let event = codec::decode(bytes).map_err(|reason| corrupt(offset, reason))?;
-                out.push(Record { offset, event });
-                if out.len() >= limit {
-                    return Ok(out);
+                visit(offset, bytes)?;
+                next = offset + 1;
+                visited += 1;
+                if visited >= limit {
+                    return Ok(next);
                 }
             }
         }
-        Ok(out)
+        Ok(next)
     }
 
     /// Every topic with its length, by name.
@@ -1128,15 +1182,17 @@ mod tests {
     async fn a_commit_writes_each_topic_as_chunks_read_from_any_offset() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
-        let big = |id: String| Event {
+        // Of three types in turn, for `read_matching`.
+        let big = |id: String, i: usize| Event {
             data: format!("{{\"pad\":\"{}\"}}", "x".repeat(1000)),
+            event_type: format!("type.{}", i % 3),
             ..ev(&id)
         };
         // 300 records of about 1 KiB to `t` among others to `u`: more than
         // one chunk's worth in one write, then small writes after it.
         let mut appends = Vec::new();
         for i in 0..300 {
-            appends.push(("t".to_string(), big(format!("t{i}"))));
+            appends.push(("t".to_string(), big(format!("t{i}"), i)));
             if i % 100 == 0 {
                 appends.push(("u".to_string(), ev(&format!("u{i}"))));
             }
@@ -1152,7 +1208,7 @@ mod tests {
         for (i, topic) in [(300, "t"), (301, "t"), (302, "u")] {
             let offs = store
                 .write(WriteBatch {
-                    appends: vec![(topic.into(), big(format!("{topic}{i}")))],
+                    appends: vec![(topic.into(), big(format!("{topic}{i}"), i))],
                     ..Default::default()
                 })
                 .await
@@ -1180,9 +1236,20 @@ mod tests {
                     .map(|o| (o, format!("t{o}")))
                     .collect();
                 assert_eq!(got, want, "from {from} limit {limit}");
+                // Only the records of one type, the limit counting all.
+                let (kept, next) = store
+                    .read_matching("t", from, limit, |t| t == "type.1")
+                    .unwrap();
+                let got: Vec<(u64, String)> =
+                    kept.into_iter().map(|r| (r.offset, r.event.id)).collect();
+                let want: Vec<(u64, String)> =
+                    want.into_iter().filter(|(o, _)| o % 3 == 1).collect();
+                assert_eq!(got, want, "matching, from {from} limit {limit}");
+                assert_eq!(next, 302.min(from + limit as u64).max(from), "from {from}");
             }
         }
         assert!(store.read("t", 5, 0).unwrap().is_empty());
+        assert_eq!(store.read_matching("t", 5, 0, |_| true).unwrap().1, 5);
         let u: Vec<String> = store
             .read("u", 1, 10)
             .unwrap()
@@ -1198,7 +1265,11 @@ mod tests {
         let store = Store::open(dir.path()).unwrap();
         // A log as earlier versions wrote it: an entry per record, some of
         // them JSON, next to a chunk.
-        let (a, b, c, d) = (ev("a"), ev("b"), ev("c"), ev("d"));
+        let b = Event {
+            event_type: "other.type".into(),
+            ..ev("b")
+        };
+        let (a, c, d) = (ev("a"), ev("c"), ev("d"));
         let txn = store.inner.db.begin_write().unwrap();
         {
             let mut log = txn.open_table(LOG).unwrap();
@@ -1240,5 +1311,25 @@ mod tests {
             .unwrap();
         assert_eq!(offs, vec![4, 5]);
         assert_eq!(ids(3, 2), vec![(3, "d".into()), (4, "e".into())]);
+        // Picking by type reads the type of either layout.
+        let picked = |want: &str, from, limit| {
+            let (recs, next) = store
+                .read_matching("old", from, limit, |t| t == want)
+                .unwrap();
+            let ids: Vec<(u64, String)> =
+                recs.into_iter().map(|r| (r.offset, r.event.id)).collect();
+            (ids, next)
+        };
+        let of = |ids: &[(u64, &str)]| -> Vec<(u64, String)> {
+            ids.iter().map(|&(o, id)| (o, id.to_string())).collect()
+        };
+        assert_eq!(picked("other.type", 0, 10), (of(&[(1, "b")]), 6));
+        // The JSON-layout record is decoded to tell its type.
+        assert_eq!(
+            picked(&a.event_type, 0, 10),
+            (of(&[(0, "a"), (2, "c"), (3, "d"), (4, "e"), (5, "f")]), 6)
+        );
+        assert_eq!(picked(&a.event_type, 0, 2), (of(&[(0, "a")]), 2));
+        assert_eq!(picked("no such type", 7, 10), (vec![], 7));
     }
 }

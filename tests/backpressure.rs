@@ -95,6 +95,33 @@ fn post(agent: &ureq::Agent, base: &str, event: &Value) -> Result<String, String
 }
 
 /// A router with [`SLOTS`] ingest slots, and its `host:port`.
+/// Takes every ingest slot with requests whose bodies do not arrive (the
+/// `i`-th holding `held_event(i)`), then calls `probe` until it reports a
+/// refusal. A held request that arrived while a probe had a slot was itself
+/// refused: another is held in its place, or the probes would never meet a
+/// full router.
+fn saturate<T>(
+    addr: &str,
+    held_event: impl Fn(usize) -> Value,
+    mut probe: impl FnMut() -> Option<T>,
+) -> (Vec<Held>, T) {
+    let mut held: Vec<Held> = (0..SLOTS).map(|i| hold(addr, &held_event(i))).collect();
+    let mut next = SLOTS;
+    let start = Instant::now();
+    loop {
+        if let Some(refused) = probe() {
+            return (held, refused);
+        }
+        for h in held.iter_mut() {
+            if h.answered() {
+                *h = hold(addr, &held_event(next));
+                next += 1;
+            }
+        }
+        assert!(start.elapsed() < DEADLINE, "never saturated");
+    }
+}
+
 fn start_with_slots(dir: &std::path::Path) -> (Router, String) {
     let config = default_config().replace(
         "max_body_bytes = 1048576",
@@ -125,26 +152,17 @@ fn a_saturated_router_answers_503_with_retry_after_and_loses_nothing() {
     // refused, not queued. Requests accepted before the slots were all
     // taken count as accepted.
     let mut accepted: BTreeSet<String> = BTreeSet::new();
-    let mut held: Vec<Held> = (0..SLOTS)
-        .map(|i| hold(&addr, &event(90_000 + i)))
-        .collect();
-    let start = Instant::now();
-    let retry_after = loop {
-        match post(&agent, &router.base, &event(accepted.len())) {
+    let (held, retry_after) = saturate(
+        &addr,
+        |i| event(90_000 + i),
+        || match post(&agent, &router.base, &event(accepted.len())) {
             Ok(id) => {
                 accepted.insert(id);
+                None
             }
-            Err(retry) => break retry,
-        }
-        // A held request that arrived while a probe had a slot was itself
-        // refused: hold another in its place.
-        for (i, h) in held.iter_mut().enumerate() {
-            if h.answered() {
-                *h = hold(&addr, &event(91_000 + i + accepted.len()));
-            }
-        }
-        assert!(start.elapsed() < DEADLINE, "never saturated");
-    };
+            Err(retry) => Some(retry),
+        },
+    );
     assert_eq!(retry_after, "1", "a 503 must say when to retry");
 
     // The held requests complete normally once their bodies arrive.
@@ -221,31 +239,32 @@ fn a_refusal_sent_before_the_body_is_read_closes_the_connection_and_says_so() {
     let dir = tempfile::tempdir().unwrap();
     let (_router, addr) = start_with_slots(dir.path());
     let ev = hmpps(RECEIVED, "A1234AA", "MDI", "2024-06-11T14:41:22Z");
-    let held: Vec<Held> = (0..SLOTS).map(|_| hold(&addr, &ev)).collect();
 
-    // One keep-alive connection, whole requests on it, until one is refused
-    // (until then the held requests may not yet have taken their slots).
+    // One keep-alive connection, whole requests on it, until one is refused.
     let body = ev.to_string();
     let request = format!(
         "POST /v1/events HTTP/1.1\r\nhost: {addr}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
         body.len()
     );
     let mut stream = TcpStream::connect(&addr).unwrap();
-    let start = Instant::now();
-    let head = loop {
-        stream.write_all(request.as_bytes()).unwrap();
-        let (head, answer) = read_answer(&mut stream);
-        if head.starts_with("http/1.1 503") {
-            assert!(answer.contains("too many requests in flight"), "{answer}");
-            break head;
-        }
-        assert!(head.starts_with("http/1.1 202"), "{head}\n{answer}");
-        assert!(
-            !head.contains("connection: close"),
-            "an accepted request keeps its connection: {head}"
-        );
-        assert!(start.elapsed() < DEADLINE, "never saturated");
-    };
+    let (held, head) = saturate(
+        &addr,
+        |_| ev.clone(),
+        || {
+            stream.write_all(request.as_bytes()).unwrap();
+            let (head, answer) = read_answer(&mut stream);
+            if head.starts_with("http/1.1 503") {
+                assert!(answer.contains("too many requests in flight"), "{answer}");
+                return Some(head);
+            }
+            assert!(head.starts_with("http/1.1 202"), "{head}\n{answer}");
+            assert!(
+                !head.contains("connection: close"),
+                "an accepted request keeps its connection: {head}"
+            );
+            None
+        },
+    );
     assert!(
         head.lines().any(|l| l.trim() == "connection: close"),
         "a refusal that leaves the body unread must say the connection closes: {head}"

@@ -330,14 +330,12 @@ impl Store {
         let next = self.scan(topic, from, limit, |offset, bytes| {
             let corrupt = |r| corrupt(topic, offset, r);
             // `None`: a record of the older JSON layout, decoded to tell.
-            if codec::event_type(bytes)
-                .map_err(corrupt)?
-                .is_some_and(|t| !keep(t))
-            {
+            let known = codec::event_type(bytes).map_err(corrupt)?;
+            if known.is_some_and(|t| !keep(t)) {
                 return Ok(());
             }
             let event = codec::decode(bytes).map_err(corrupt)?;
-            if keep(&event.event_type) {
+            if known.is_some() || keep(&event.event_type) {
                 out.push(Record { offset, event });
             }
             Ok(())

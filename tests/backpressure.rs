@@ -94,7 +94,6 @@ fn post(agent: &ureq::Agent, base: &str, event: &Value) -> Result<String, String
     }
 }
 
-/// A router with [`SLOTS`] ingest slots, and its `host:port`.
 /// Takes every ingest slot with requests whose bodies do not arrive (the
 /// `i`-th holding `held_event(i)`), then calls `probe` until it reports a
 /// refusal. A held request that arrived while a probe had a slot was itself
@@ -122,6 +121,7 @@ fn saturate<T>(
     }
 }
 
+/// A router with [`SLOTS`] ingest slots, and its `host:port`.
 fn start_with_slots(dir: &std::path::Path) -> (Router, String) {
     let config = default_config().replace(
         "max_body_bytes = 1048576",

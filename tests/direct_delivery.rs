@@ -30,17 +30,7 @@ fn event(noms: &str) -> Value {
 
 /// How far the pipeline's cursor is behind the ingest topic, per `/metrics`.
 fn router_lag(router: &Router) -> Option<f64> {
-    let text = agent()
-        .get(router.url("/metrics"))
-        .call()
-        .ok()?
-        .body_mut()
-        .read_to_string()
-        .ok()?;
-    text.lines()
-        .find(|l| l.starts_with("switchyard_consumer_lag{consumer=\"router\""))
-        .and_then(|l| l.rsplit_once(' '))
-        .and_then(|(_, v)| v.parse().ok())
+    router.metric("switchyard_consumer_lag{consumer=\"router\"")
 }
 
 #[test]

@@ -45,18 +45,8 @@ fn post_batch(router: &Router, start: usize, n: usize) {
 
 /// The store's successful commits so far, from `/metrics`.
 fn store_commits(router: &Router) -> f64 {
-    let text = agent()
-        .get(router.url("/metrics"))
-        .call()
-        .expect("GET /metrics")
-        .body_mut()
-        .read_to_string()
-        .expect("metrics body");
-    text.lines()
-        .find_map(|l| {
-            l.strip_prefix("switchyard_store_commit_duration_seconds_count{outcome=\"ok\"} ")
-        })
-        .and_then(|v| v.parse().ok())
+    router
+        .metric("switchyard_store_commit_duration_seconds_count{outcome=\"ok\"} ")
         .expect("commit count in /metrics")
 }
 

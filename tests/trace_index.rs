@@ -52,13 +52,9 @@ fn check_traces(router: &Router, ids: &[String], when: &str) {
 
 /// `switchyard_trace_index_runs` from `/metrics`.
 fn trace_runs(router: &Router) -> f64 {
-    let (status, body) = router.get("/metrics");
-    assert_eq!(status, 200);
-    let text = body.as_str().unwrap_or_default().to_string();
-    text.lines()
-        .find_map(|l| l.strip_prefix("switchyard_trace_index_runs "))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("no switchyard_trace_index_runs in {text}"))
+    router
+        .metric("switchyard_trace_index_runs ")
+        .expect("switchyard_trace_index_runs in /metrics")
 }
 
 #[test]

@@ -193,6 +193,24 @@ impl Router {
         )
     }
 
+    /// The value of the first `/metrics` line that starts with `series` (a
+    /// metric's name and space, or its name and labels, or the start of
+    /// them); `None` when there is none or the scrape fails.
+    pub fn metric(&self, series: &str) -> Option<f64> {
+        let text = self
+            .agent
+            .get(self.url("/metrics"))
+            .call()
+            .ok()?
+            .body_mut()
+            .read_to_string()
+            .ok()?;
+        text.lines()
+            .find(|l| l.starts_with(series))
+            .and_then(|l| l.rsplit_once(' '))
+            .and_then(|(_, v)| v.parse().ok())
+    }
+
     /// Every record of `topic`, following `next` pages.
     pub fn topic(&self, topic: &str) -> Vec<Value> {
         let mut out = Vec::new();

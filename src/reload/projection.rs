@@ -332,19 +332,23 @@ async fn replay(
     policy: &StagePolicy,
 ) -> Result<u64, String> {
     let routes = rt.routes();
-    // Only the events of the projection's routes are decoded.
-    let routed = |event_type: &str| {
-        routes.routes().iter().any(|route| {
+    // The projection's routes: those whose first stage it is.
+    let own: Vec<_> = routes
+        .routes()
+        .iter()
+        .filter(|route| {
             route
                 .stages
                 .first()
                 .is_some_and(|s| s.plugin.name() == job.name)
-                && route.matches(event_type)
         })
-    };
+        .collect();
+    // Only the events of those routes are decoded.
     let (records, next) = rt
         .store
-        .read_matching(&rt.config.ingest.topic, offset, n, routed)
+        .read_matching(&rt.config.ingest.topic, offset, n, |event_type| {
+            own.iter().any(|route| route.matches(event_type))
+        })
         .map_err(|e| e.to_string())?;
     if next == offset {
         return Ok(offset);
@@ -354,15 +358,7 @@ async fn replay(
     let held: std::collections::HashSet<u64> = crate::pipeline::held_keys(&rt.store)
         .map_err(|e| e.to_string())?
         .into_values()
-        .filter(|h| {
-            routes.routes().iter().any(|route| {
-                route.name == h.route
-                    && route
-                        .stages
-                        .first()
-                        .is_some_and(|s| s.plugin.name() == job.name)
-            })
-        })
+        .filter(|h| own.iter().any(|route| route.name == h.route))
         .flat_map(|h| h.offsets)
         .collect();
     // Each key's events in order, different keys on up to `router.workers`

@@ -24,7 +24,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tracing::Instrument;
 
@@ -337,28 +337,8 @@ impl Pipeline {
     ) -> Result<(WriteBatch, crate::obs::Tally), String> {
         let ctx = self.ctx();
         let mut held = hold::load(&self.store).map_err(|e| e.to_string())?;
-        let mut groups: HashMap<&str, Vec<usize>> = HashMap::new();
-        let mut order = Vec::new();
-        for (i, r) in records.iter().enumerate() {
-            let key = r.event.key.as_deref().unwrap_or(r.event.id.as_str());
-            groups
-                .entry(key)
-                .or_insert_with(|| {
-                    order.push(key);
-                    Vec::new()
-                })
-                .push(i);
-        }
-        // What the trace shows about each route's outputs: once per batch.
-        let route_links: Arc<HashMap<String, Vec<u8>>> = Arc::new(
-            ctx.routes
-                .routes()
-                .iter()
-                .map(|r| (r.name.clone(), crate::obs::route_link(r)))
-                .collect(),
-        );
-        let mut queue = std::collections::VecDeque::with_capacity(order.len());
-        for key in order {
+        let mut queue = VecDeque::new();
+        for (key, indices) in key_groups(records, |_| true) {
             let mut holds: KeyHolds = KeyHolds::new();
             if !held.is_empty() {
                 for route in ctx.routes.routes() {
@@ -367,63 +347,63 @@ impl Pipeline {
                     }
                 }
             }
-            queue.push_back((
-                key.to_string(),
-                groups.remove(key).unwrap_or_default(),
-                holds,
-            ));
+            queue.push_back((key.to_string(), indices, holds));
         }
-        let tasks_n = self.workers.min(queue.len()).max(1);
-        let queue = Arc::new(std::sync::Mutex::new(queue));
-        let mut tasks = JoinSet::new();
-        for _ in 0..tasks_n {
-            let (ctx, queue, records) = (ctx.clone(), queue.clone(), records.clone());
-            let route_links = route_links.clone();
-            tasks.spawn(async move {
-                let mut units = Vec::new();
-                let mut changed: Vec<(String, Option<Vec<u8>>)> = Vec::new();
-                loop {
-                    let next = crate::sync::lock(&queue).pop_front();
-                    let Some((key, indices, mut holds)) = next else {
-                        break;
-                    };
-                    let before = holds.clone();
-                    for index in indices {
-                        let (offset, ev) = (records[index].offset, &records[index].event);
-                        let span = tracing::debug_span!("event", id = %ev.id, r#type = %ev.event_type, key = ev.key.as_deref().unwrap_or(""), traceparent = ev.traceparent.as_deref().unwrap_or(""));
-                        let (appends, links, ran) =
-                            handle_event(&ctx, &route_links, &key, offset, ev, &mut holds)
-                                .instrument(span)
-                                .await;
-                        units.push(Unit {
-                            index,
-                            appends,
-                            links,
-                            ran,
-                        });
-                    }
-                    changed.extend(
-                        holds
-                            .iter()
-                            .filter(|(r, h)| before.get(*r) != Some(*h))
-                            .map(|(_, h)| (h.meta_key(), Some(h.to_bytes()))),
-                    );
+        /// What every key's task reads.
+        struct Shared {
+            ctx: Ctx,
+            /// What the trace shows about each route's outputs: once per batch.
+            route_links: HashMap<String, Vec<u8>>,
+            records: Arc<Vec<Record>>,
+        }
+        let shared = Arc::new(Shared {
+            route_links: ctx
+                .routes
+                .routes()
+                .iter()
+                .map(|r| (r.name.clone(), crate::obs::route_link(r)))
+                .collect(),
+            ctx,
+            records: records.clone(),
+        });
+        let keys = on_workers(
+            shared.clone(),
+            queue,
+            self.workers,
+            |b, (key, indices, mut holds): (String, Vec<usize>, KeyHolds)| async move {
+                let before = holds.clone();
+                let mut units = Vec::with_capacity(indices.len());
+                for index in indices {
+                    let (offset, ev) = (b.records[index].offset, &b.records[index].event);
+                    let span = tracing::debug_span!("event", id = %ev.id, r#type = %ev.event_type, key = ev.key.as_deref().unwrap_or(""), traceparent = ev.traceparent.as_deref().unwrap_or(""));
+                    let (appends, links, ran) =
+                        handle_event(&b.ctx, &b.route_links, &key, offset, ev, &mut holds)
+                            .instrument(span)
+                            .await;
+                    units.push(Unit {
+                        index,
+                        appends,
+                        links,
+                        ran,
+                    });
                 }
+                let changed: Vec<(String, Option<Vec<u8>>)> = holds
+                    .iter()
+                    .filter(|(r, h)| before.get(*r) != Some(*h))
+                    .map(|(_, h)| (h.meta_key(), Some(h.to_bytes())))
+                    .collect();
                 (units, changed)
-            });
-        }
+            },
+        )
+        .await
+        // A panic in our own code: the batch cannot be trusted, so commit
+        // nothing and let it be retried.
+        .map_err(|e| format!("pipeline task failed: {e}"))?;
         let mut units = Vec::with_capacity(records.len());
         let mut meta = Vec::new();
-        while let Some(done) = tasks.join_next().await {
-            match done {
-                Ok((u, m)) => {
-                    units.extend(u);
-                    meta.extend(m);
-                }
-                // A panic in our own code: the batch cannot be trusted, so
-                // commit nothing and let it be retried.
-                Err(e) => return Err(format!("pipeline task failed: {e}")),
-            }
+        for (u, m) in keys {
+            units.extend(u);
+            meta.extend(m);
         }
         units.sort_by_key(|u| u.index);
         let (mut appends, mut traces) = (Vec::new(), Vec::with_capacity(units.len()));
@@ -451,7 +431,7 @@ impl Pipeline {
         let batch = WriteBatch {
             appends,
             traces,
-            kv: ctx.kv.take(),
+            kv: shared.ctx.kv.take(),
             meta,
             ..Default::default()
         };
@@ -470,33 +450,91 @@ impl Pipeline {
             .into_values()
             .filter(|h| h.due(now))
             .collect();
-        let limit = Arc::new(Semaphore::new(self.workers));
-        let mut tasks = JoinSet::new();
-        for h in due {
-            let (ctx, limit) = (ctx.clone(), limit.clone());
-            let (store, input) = (self.store.clone(), self.input.clone());
-            tasks.spawn(async move {
-                let _permit = limit.acquire_owned().await;
-                retry_key(&ctx, &store, &input, h).await
-            });
-        }
-        let mut batch = WriteBatch::default();
-        let mut results = Vec::new();
-        while let Some(done) = tasks.join_next().await {
-            match done {
-                Ok(r) => results.push(r?),
-                Err(e) => return Err(format!("retry task failed: {e}")),
-            }
-        }
+        let shared = Arc::new((ctx, self.store.clone(), self.input.clone()));
+        let mut results = on_workers(
+            shared.clone(),
+            due.into(),
+            self.workers,
+            |b, h| async move { retry_key(&b.0, &b.1, &b.2, h).await },
+        )
+        .await
+        .map_err(|e| format!("retry task failed: {e}"))?
+        .into_iter()
+        .collect::<Result<Vec<_>, String>>()?;
         // Deterministic order of the dead-letter and output records.
         results.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut batch = WriteBatch::default();
         for (key, appends, after) in results {
             batch.appends.extend(appends);
             batch.meta.push((key, after.map(|h| h.to_bytes())));
         }
-        batch.kv = ctx.kv.take();
+        batch.kv = shared.0.kv.take();
         Ok(batch)
     }
+}
+
+/// A batch's records grouped by ordering key (the event id where there is
+/// none): keys in the order they first appear, each with the indices of its
+/// records in log order. Records `keep` refuses are left out.
+pub(crate) fn key_groups(
+    records: &[Record],
+    mut keep: impl FnMut(&Record) -> bool,
+) -> Vec<(&str, Vec<usize>)> {
+    let mut slot_of: HashMap<&str, usize> = HashMap::new();
+    let mut groups: Vec<(&str, Vec<usize>)> = Vec::new();
+    for (i, r) in records.iter().enumerate() {
+        if !keep(r) {
+            continue;
+        }
+        let key = r.event.key.as_deref().unwrap_or(r.event.id.as_str());
+        let slot = *slot_of.entry(key).or_insert_with(|| {
+            groups.push((key, Vec::new()));
+            groups.len() - 1
+        });
+        groups[slot].1.push(i);
+    }
+    groups
+}
+
+/// Runs `work` on every item of `items` (a key's events, say) on up to
+/// `workers` tasks, each taking the next waiting item when it finishes one:
+/// an item's own work stays in order while items run side by side, and a
+/// small item does not pay for a task of its own. `shared` is what every
+/// task reads. The results come back in no particular order; a panic in
+/// `work` is an error (and the other tasks are stopped).
+pub(crate) async fn on_workers<S, I, R, F, Fut>(
+    shared: Arc<S>,
+    items: VecDeque<I>,
+    workers: usize,
+    work: F,
+) -> Result<Vec<R>, tokio::task::JoinError>
+where
+    S: Send + Sync + 'static,
+    I: Send + 'static,
+    R: Send + 'static,
+    F: Fn(Arc<S>, I) -> Fut + Copy + Send + 'static,
+    Fut: Future<Output = R> + Send,
+{
+    let tasks_n = workers.min(items.len()).max(1);
+    let queue = Arc::new(std::sync::Mutex::new(items));
+    let mut tasks = JoinSet::new();
+    for _ in 0..tasks_n {
+        let (queue, shared) = (queue.clone(), shared.clone());
+        tasks.spawn(async move {
+            let mut done = Vec::new();
+            loop {
+                let next = crate::sync::lock(&queue).pop_front();
+                let Some(item) = next else { break };
+                done.push(work(shared.clone(), item).await);
+            }
+            done
+        });
+    }
+    let mut all = Vec::new();
+    while let Some(done) = tasks.join_next().await {
+        all.extend(done?);
+    }
+    Ok(all)
 }
 
 /// Retries held key `h`: its first event, then the next ones while they
@@ -785,5 +823,83 @@ mod tests {
         assert!(!p.settle(&mut queued, 0, &mut cursor).await);
         assert_eq!(cursor, 30);
         assert_eq!(store.topic_len("out").unwrap(), 2);
+    }
+
+    fn record(offset: u64, id: &str, key: Option<&str>) -> Record {
+        let mut event = crate::event::sample(id);
+        event.key = key.map(str::to_owned);
+        Record { offset, event }
+    }
+
+    #[test]
+    fn key_groups_keep_first_appearance_and_log_order_and_fall_back_to_the_id() {
+        let records = [
+            record(0, "e0", Some("B")),
+            record(1, "e1", Some("A")),
+            record(2, "e2", None),
+            record(3, "e3", Some("B")),
+            record(4, "e4", Some("C")),
+            record(5, "e5", Some("A")),
+        ];
+        assert_eq!(
+            key_groups(&records, |_| true),
+            vec![
+                ("B", vec![0, 3]),
+                ("A", vec![1, 5]),
+                ("e2", vec![2]),
+                ("C", vec![4])
+            ]
+        );
+        // A left-out record takes no place, and a key with none left is gone.
+        assert_eq!(
+            key_groups(&records, |r| r.offset != 1 && r.offset != 4),
+            vec![("B", vec![0, 3]), ("e2", vec![2]), ("A", vec![5])]
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn on_workers_runs_every_item_once_in_its_own_order_on_at_most_workers_tasks() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        struct Seen {
+            running: AtomicUsize,
+            most: AtomicUsize,
+        }
+        let seen = Arc::new(Seen {
+            running: AtomicUsize::new(0),
+            most: AtomicUsize::new(0),
+        });
+        let items: VecDeque<(usize, Vec<usize>)> =
+            (0..40).map(|k| (k, (0..k % 5 + 1).collect())).collect();
+        let done = on_workers(seen.clone(), items, 3, |seen, (k, steps)| async move {
+            let now = seen.running.fetch_add(1, Ordering::SeqCst) + 1;
+            seen.most.fetch_max(now, Ordering::SeqCst);
+            let mut order = Vec::new();
+            for step in steps {
+                tokio::task::yield_now().await;
+                order.push(step);
+            }
+            seen.running.fetch_sub(1, Ordering::SeqCst);
+            (k, order)
+        })
+        .await
+        .unwrap();
+        let mut done = done;
+        done.sort();
+        let want: Vec<(usize, Vec<usize>)> =
+            (0..40).map(|k| (k, (0..k % 5 + 1).collect())).collect();
+        assert_eq!(done, want);
+        let most = seen.most.load(Ordering::SeqCst);
+        assert!((1..=3).contains(&most), "{most} items ran at once");
+    }
+
+    #[tokio::test]
+    async fn a_panic_in_on_workers_is_an_error_not_a_partial_result() {
+        let items: VecDeque<u32> = (0..8).collect();
+        let r = on_workers(Arc::new(()), items, 2, |_, i| async move {
+            assert_ne!(i, 5, "item 5 fails");
+            i
+        })
+        .await;
+        assert!(r.unwrap_err().is_panic());
     }
 }

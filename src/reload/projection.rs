@@ -14,21 +14,20 @@
 //! **Invariant:** the active generation's state is exactly the result of its
 //! version applied to the input topic's events `[0, router cursor)`.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
-use tokio::task::JoinSet;
 
 use super::status::RebuildProgress;
 use crate::event::ATTR_REPLAY_COUNT;
-use crate::pipeline::{BatchKv, StagePolicy, UnitKv, call_with_retries};
+use crate::pipeline::{BatchKv, StagePolicy, UnitKv, call_with_retries, key_groups, on_workers};
 use crate::plugin::{Plugin, PluginHost};
 use crate::router::Stage;
 use crate::runtime::{Runtime, StartError};
-use crate::store::{Store, StoreError, WriteBatch};
+use crate::store::{Record, Store, StoreError, WriteBatch};
 
 /// A projection generation: its number and the digest of the code that
 /// built it.
@@ -363,61 +362,56 @@ async fn replay(
         .collect();
     // Each key's events in order, different keys on up to `router.workers`
     // tasks, as the live pipeline runs them.
-    let mut keys: Vec<Vec<usize>> = Vec::new();
-    {
-        let mut slot_of: HashMap<&str, usize> = HashMap::new();
-        for (i, r) in records.iter().enumerate() {
-            // A copy re-injected from the dead-letter topic: the rebuild
-            // already gave the new version the original, at its place in
-            // the log.
-            if r.event.attributes.contains_key(ATTR_REPLAY_COUNT) || held.contains(&r.offset) {
-                continue;
-            }
-            let key = r.event.key.as_deref().unwrap_or(r.event.id.as_str());
-            let slot = *slot_of.entry(key).or_insert_with(|| {
-                keys.push(Vec::new());
-                keys.len() - 1
-            });
-            keys[slot].push(i);
-        }
+    let keys: VecDeque<Vec<usize>> = key_groups(&records, |r| {
+        // A copy re-injected from the dead-letter topic: the rebuild already
+        // gave the new version the original, at its place in the log.
+        !(r.event.attributes.contains_key(ATTR_REPLAY_COUNT) || held.contains(&r.offset))
+    })
+    .into_iter()
+    .map(|(_, indices)| indices)
+    .collect();
+    /// What every key's task reads.
+    struct Shared {
+        plugin: Arc<Plugin>,
+        ns: String,
+        policy: StagePolicy,
+        kv: Arc<BatchKv>,
+        records: Vec<Record>,
     }
-    let kv = BatchKv::new(rt.store.clone());
-    let tasks_n = rt.config.router.workers.min(keys.len()).max(1);
-    let queue = Arc::new(std::sync::Mutex::new(VecDeque::from(keys)));
-    let records = Arc::new(records);
-    let (ns, policy): (Arc<str>, Arc<StagePolicy>) = (ns.into(), Arc::new(policy.clone()));
-    let mut tasks = JoinSet::new();
-    for _ in 0..tasks_n {
-        let (queue, records, kv) = (queue.clone(), records.clone(), kv.clone());
-        let (plugin, ns, policy) = (job.plugin.clone(), ns.clone(), policy.clone());
-        tasks.spawn(async move {
-            loop {
-                let next = crate::sync::lock(&queue).pop_front();
-                let Some(indices) = next else { break };
-                for i in indices {
-                    let ev = &records[i].event;
-                    let unit = UnitKv::new(kv.clone());
-                    match call_with_retries(&plugin, &ns, ev, &unit, &policy).await {
-                        Ok(_) => unit.commit(),
-                        // The live version dead-lettered or will dead-letter
-                        // it; the new version's state simply does not
-                        // include it, as it would not live.
-                        Err((err, _)) => {
-                            tracing::debug!(plugin = %plugin.name(), event = %ev.id, error = %err, "event failed during rebuild")
-                        }
+    let shared = Arc::new(Shared {
+        plugin: job.plugin.clone(),
+        ns: ns.to_string(),
+        policy: policy.clone(),
+        kv: BatchKv::new(rt.store.clone()),
+        records,
+    });
+    on_workers(
+        shared.clone(),
+        keys,
+        rt.config.router.workers,
+        |b, indices| async move {
+            for i in indices {
+                let ev = &b.records[i].event;
+                let unit = UnitKv::new(b.kv.clone());
+                match call_with_retries(&b.plugin, &b.ns, ev, &unit, &b.policy).await {
+                    Ok(_) => unit.commit(),
+                    // The live version dead-lettered or will dead-letter it;
+                    // the new version's state simply does not include it, as
+                    // it would not live.
+                    Err((err, _)) => {
+                        tracing::debug!(plugin = %b.plugin.name(), event = %ev.id, error = %err, "event failed during rebuild")
                     }
                 }
             }
-        });
-    }
-    while let Some(done) = tasks.join_next().await {
-        // A panic in our own code: commit nothing; the rebuild fails and
-        // its cursor stays where it was.
-        done.map_err(|e| format!("rebuild task failed: {e}"))?;
-    }
+        },
+    )
+    .await
+    // A panic in our own code: commit nothing; the rebuild fails and its
+    // cursor stays where it was.
+    .map_err(|e| format!("rebuild task failed: {e}"))?;
     rt.store
         .write(WriteBatch {
-            kv: kv.take(),
+            kv: shared.kv.take(),
             cursors: vec![(cursor.to_string(), next)],
             ..Default::default()
         })

@@ -870,7 +870,7 @@ mod tests {
         });
         let items: VecDeque<(usize, Vec<usize>)> =
             (0..40).map(|k| (k, (0..k % 5 + 1).collect())).collect();
-        let done = on_workers(seen.clone(), items, 3, |seen, (k, steps)| async move {
+        let mut done = on_workers(seen.clone(), items, 3, |seen, (k, steps)| async move {
             let now = seen.running.fetch_add(1, Ordering::SeqCst) + 1;
             seen.most.fetch_max(now, Ordering::SeqCst);
             let mut order = Vec::new();
@@ -883,7 +883,6 @@ mod tests {
         })
         .await
         .unwrap();
-        let mut done = done;
         done.sort();
         let want: Vec<(usize, Vec<usize>)> =
             (0..40).map(|k| (k, (0..k % 5 + 1).collect())).collect();

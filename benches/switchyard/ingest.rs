@@ -273,9 +273,15 @@ pub fn ingest(
             &["mode", "offered events/s", "achieved events/s", "router CPU (cores)", "commits/s", "writes per commit", "writer busy", "ack p50 ms", "ack p99 ms", "ack p99.9 ms", "output p50 ms", "output p99 ms", "output p99.9 ms"],
         );
         let mut saturation_single = 0.0;
-        let p99_target = |report: &mut Report, figure: &str, l: &[Duration]| {
+        // When the router could not keep up with the offered rate, its
+        // latencies count the backlog: the headline says so.
+        let p99_target = |report: &mut Report, figure: &str, l: &[Duration], m: &Measured| {
             let p99 = quantile(l, 0.99);
-            report.headline(figure, format!("{} ms", ms(p99)), "≤ 2 ms", Some(p99 <= Duration::from_millis(2)));
+            let mut value = format!("{} ms", ms(p99));
+            if m.achieved < 0.97 * 10_000.0 {
+                value.push_str(&format!(" (behind: {} of 10,000 events/s)", rate(m.achieved)));
+            }
+            report.headline(figure, value, "≤ 2 ms", Some(p99 <= Duration::from_millis(2)));
         };
         let row = |s: &mut Section, mode: &str, offered: f64, m: &Measured| {
             let [a50, a99, a999] = pcts(&m.latencies.ack);
@@ -302,8 +308,8 @@ pub fn ingest(
                     saturation_single = m.achieved;
                 }
                 if offered == 10_000.0 && batch == 1 {
-                    p99_target(report, "ingest p99, request → durable (202), 10k events/s single", &m.latencies.ack);
-                    p99_target(report, "ingest p99, request → output durable, 10k events/s single", &m.latencies.durable_out);
+                    p99_target(report, "ingest p99, request → durable (202), 10k events/s single", &m.latencies.ack, &m);
+                    p99_target(report, "ingest p99, request → output durable, 10k events/s single", &m.latencies.durable_out, &m);
                 }
                 row(&mut s, mode, offered, &m);
             }
@@ -320,7 +326,7 @@ pub fn ingest(
         for offered in RATES {
             let m = measure(&router, &reqs, 1, offered, secs, &cursor, true).await?;
             if offered == 10_000.0 {
-                p99_target(report, "ingest p99, request → output durable, 10k events/s single, direct route", &m.latencies.durable_out);
+                p99_target(report, "ingest p99, request → output durable, 10k events/s single, direct route", &m.latencies.durable_out, &m);
             }
             row(&mut s, "single, direct route", offered, &m);
         }

@@ -135,6 +135,10 @@ pub struct IngestConfig {
     /// How the ordering key is found in a payload, first match wins:
     /// `identifier:TYPE` (personReference identifier) or a JSON pointer.
     pub key: Vec<Spanned<String>>,
+    /// Events the router may be behind on the ingest topic: past it, HTTP
+    /// ingest answers 503 and SQS sources stop receiving until it catches
+    /// up. 0: no bound (the log takes every burst).
+    pub max_lag: u64,
 }
 
 impl Default for IngestConfig {
@@ -146,6 +150,7 @@ impl Default for IngestConfig {
                 Spanned::new(0..0, "identifier:NOMS".into()),
                 Spanned::new(0..0, "identifier:CRN".into()),
             ],
+            max_lag: 0,
         }
     }
 }

@@ -69,6 +69,8 @@ pub struct Runtime {
     /// Turns true when the router is shutting down; long-lived responses
     /// (live streams) and background tasks end on it.
     pub stopping: watch::Sender<bool>,
+    /// The bound on the router's lag that ingest holds to (`ingest.max_lag`).
+    pub backlog: Option<crate::transport::backlog::Backlog>,
 }
 
 impl Runtime {
@@ -118,6 +120,12 @@ impl Runtime {
             statuses.loaded(name, &stage.plugin);
         }
         let config = Arc::new(config);
+        let backlog = crate::transport::backlog::Backlog::new(
+            &store,
+            &config.ingest.topic,
+            &config.router.consumer,
+            config.ingest.max_lag,
+        );
         Ok(Arc::new(Self {
             live: RwLock::new(config.clone()),
             config,
@@ -135,6 +143,7 @@ impl Runtime {
             data_dir: data_dir.to_path_buf(),
             reload: std::sync::OnceLock::new(),
             stopping: watch::Sender::new(false),
+            backlog,
         }))
     }
 

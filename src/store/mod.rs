@@ -187,6 +187,9 @@ struct Inner {
     jobs: Mutex<Option<mpsc::Sender<Job>>>,
     /// topic → its length, published after each commit (live readers wait on it).
     watchers: Mutex<HashMap<String, watch::Sender<u64>>>,
+    /// consumer → its durable cursor, published after each commit that
+    /// moves it (ingest's back-pressure watches the router's).
+    cursor_watchers: Mutex<HashMap<String, watch::Sender<u64>>>,
     /// Counts commits that appended anything: consumers of many topics (the
     /// sinks) wait on it, since a plugin may create a topic at any time.
     appended: watch::Sender<u64>,
@@ -256,6 +259,7 @@ impl Store {
             path,
             jobs: Mutex::new(Some(tx)),
             watchers: Mutex::new(HashMap::new()),
+            cursor_watchers: Mutex::new(HashMap::new()),
             appended: watch::channel(0).0,
             writer: Mutex::new(None),
             trace_stats,
@@ -535,6 +539,19 @@ impl Store {
         rx
     }
 
+    /// Watches the durable cursor of `consumer`: changes after every commit
+    /// that writes it.
+    pub fn watch_cursor(&self, consumer: &str) -> watch::Receiver<u64> {
+        let mut map = lock(&self.inner.cursor_watchers);
+        if let Some(tx) = map.get(consumer) {
+            return tx.subscribe();
+        }
+        let at = self.cursor(consumer).unwrap_or(0);
+        let (tx, rx) = watch::channel(at);
+        map.insert(consumer.to_string(), tx);
+        rx
+    }
+
     /// Changes after every commit that appended to any topic.
     pub fn watch_appends(&self) -> watch::Receiver<u64> {
         self.inner.appended.subscribe()
@@ -597,6 +614,30 @@ fn writer_loop(
                 (results, Vec::new())
             }
         };
+        // What the commit changed reaches the watchers before the writers
+        // hear back, so a writer that then reads a watch sees its own write.
+        if let Some(inner) = inner.upgrade() {
+            let map = lock(&inner.cursor_watchers);
+            if !map.is_empty() {
+                for (job, result) in jobs.iter().zip(&results) {
+                    for (consumer, at) in job.batch.cursors.iter().filter(|_| result.is_ok()) {
+                        if let Some(tx) = map.get(consumer) {
+                            tx.send_replace(*at);
+                        }
+                    }
+                }
+            }
+            drop(map);
+            if !lengths.is_empty() {
+                inner.appended.send_modify(|n| *n += 1);
+                let map = lock(&inner.watchers);
+                for (topic, len) in lengths {
+                    if let Some(tx) = map.get(&topic) {
+                        tx.send_replace(len);
+                    }
+                }
+            }
+        }
         for (job, result) in jobs.into_iter().zip(results) {
             let writes = if result.is_ok() {
                 &write_ok
@@ -605,18 +646,6 @@ fn writer_loop(
             };
             writes.observe(done.saturating_duration_since(job.queued));
             let _ = job.reply.send((result, (job.batch, job.encoded)));
-        }
-        if lengths.is_empty() {
-            continue;
-        }
-        if let Some(inner) = inner.upgrade() {
-            inner.appended.send_modify(|n| *n += 1);
-            let map = lock(&inner.watchers);
-            for (topic, len) in lengths {
-                if let Some(tx) = map.get(&topic) {
-                    tx.send_replace(len);
-                }
-            }
         }
     }
 }

@@ -65,6 +65,27 @@ async fn post_events(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
+    // The router is too far behind: nothing more until it catches up.
+    if let Some(backlog) = &rt.backlog
+        && let Some(behind) = backlog.over()
+    {
+        rejected("behind");
+        tracing::warn!(
+            behind,
+            max_lag = backlog.max(),
+            "router behind its bound; asking the client to retry"
+        );
+        let mut r = error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the router is too far behind; nothing was accepted",
+            json!([{ "field": "ingest.max_lag", "reason": format!(
+                "the router is {behind} events behind on the ingest topic, past its bound of {}; retry later",
+                backlog.max()
+            ) }]),
+        );
+        retry_after(&mut r);
+        return r;
+    }
     // Held until the answer: bounds bodies in memory and queued writes.
     let _slot = match limits.admit() {
         Ok(slot) => slot,

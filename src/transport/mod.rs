@@ -17,6 +17,7 @@
 //! returned its offset, i.e. after the event is durable.
 
 pub mod aws;
+pub mod backlog;
 pub mod http;
 mod limits;
 

@@ -134,7 +134,18 @@ impl SqsSource {
     ) {
         tracing::info!(source = %self.name, queue = %self.queue.target(), worker, "sqs source polling");
         let mut failures = 0u32;
+        let mut backlog = rt.backlog.clone();
         while !*shutdown.borrow() {
+            // Past `ingest.max_lag`, messages wait in the queue until the
+            // router catches up.
+            if let Some(b) = backlog.as_mut()
+                && let Some(behind) = b.over()
+            {
+                tracing::info!(source = %self.name, worker, behind, max_lag = b.max(), "router behind its bound; sqs source paused");
+                b.wait(&mut shutdown).await;
+                tracing::info!(source = %self.name, worker, "sqs source resumed");
+                continue;
+            }
             let received = tokio::select! {
                 r = self.receive() => r,
                 _ = shutdown.wait_for(|s| *s) => break,

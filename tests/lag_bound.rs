@@ -17,7 +17,7 @@ use serde_json::{Value, json};
 const MAX_LAG: u64 = 3;
 
 fn config() -> String {
-    // The plugin spins until its 1.5 s deadline on a `spin` event: the
+    // The plugin spins until its 3 s deadline on a `spin` event: the
     // pipeline's batch, and so its cursor, waits that long.
     config_with_router(
         "max_attempts = 1",
@@ -28,7 +28,7 @@ max_lag = {MAX_LAG}
 
 [plugins.chaos]
 path = "{path}"
-timeout_ms = 1500
+timeout_ms = 3000
 breaker = {{ failures = 0 }}
 
 [[routes]]
@@ -112,6 +112,10 @@ fn past_the_bound_ingest_is_refused_with_the_reason_and_accepted_again_once_caug
         router.metric("switchyard_rejected_total{source=\"http\",reason=\"behind\"}"),
         Some(1.0)
     );
+    // Not ready meanwhile, and it says why.
+    let (status, ready) = router.get("/readyz");
+    assert_eq!(status, 503, "{ready}");
+    assert_eq!(ready["failed"][0]["check"], "lag", "{ready}");
 
     // The spin times out and is dead-lettered; the router catches up and
     // ingest accepts again.
@@ -126,6 +130,7 @@ fn past_the_bound_ingest_is_refused_with_the_reason_and_accepted_again_once_caug
             other => panic!("unexpected {other}: {}", answer.2),
         }
     });
+    assert_eq!(router.get("/readyz").0, 200);
     // Every accepted event has its outcome: the spin dead-lettered, the
     // others echoed, each once.
     router.wait_until("every accepted event to be handled", || {
@@ -173,7 +178,7 @@ fn past_the_bound_an_sqs_source_stops_receiving_until_the_router_catches_up() {
     let emu = Emulator::start();
     let dir = tempfile::tempdir().unwrap();
     // A longer spin than above: the pause is watched for a while below.
-    let config = config().replace("timeout_ms = 1500", "timeout_ms = 10000")
+    let config = config().replace("timeout_ms = 3000", "timeout_ms = 10000")
         + r#"
 [sources.sqs.ingest]
 queue = "lag-in"

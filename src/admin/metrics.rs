@@ -157,6 +157,15 @@ pub async fn readyz(State(rt): State<Arc<Runtime>>) -> Response {
             }));
         }
     }
+    // Ingest refuses events meanwhile: traffic is better sent elsewhere.
+    if let Some(b) = &rt.backlog
+        && let Some(behind) = b.over()
+    {
+        failed.push(json!({
+            "check": "lag",
+            "reason": format!("the router is {behind} events behind on the ingest topic, past ingest.max_lag = {}", b.max()),
+        }));
+    }
     let checks = json!({ "store": "ok", "plugins": loaded.len(), "sinks": rt.aws.as_ref().map_or(0, |a| a.sinks.len()) });
     if failed.is_empty() {
         Json(json!({ "status": "ready", "checks": checks })).into_response()

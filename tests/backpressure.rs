@@ -65,19 +65,7 @@ impl Held {
 
 /// Posts `event`; `Ok(id)` on 202, `Err(retry-after)` on 503.
 fn post(agent: &ureq::Agent, base: &str, event: &Value) -> Result<String, String> {
-    let mut resp = agent
-        .post(&format!("{base}/v1/events"))
-        .header("content-type", "application/json")
-        .send(event.to_string().as_bytes())
-        .expect("POST");
-    let status = resp.status().as_u16();
-    let retry = resp
-        .headers()
-        .get("retry-after")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
-        .to_string();
-    let body: Value = serde_json::from_str(&resp.body_mut().read_to_string().unwrap()).unwrap();
+    let (status, retry, body) = post_event(agent, base, event);
     match status {
         202 => Ok(body["id"].as_str().unwrap().to_string()),
         503 => {

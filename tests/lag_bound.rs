@@ -53,23 +53,6 @@ fn event(chaos: &str, n: usize) -> Value {
     ev
 }
 
-/// Posts `event`: the status, the `Retry-After` header and the body.
-fn post(agent: &ureq::Agent, base: &str, event: &Value) -> (u16, String, Value) {
-    let mut resp = agent
-        .post(&format!("{base}/v1/events"))
-        .header("content-type", "application/json")
-        .send(event.to_string().as_bytes())
-        .expect("POST");
-    let retry = resp
-        .headers()
-        .get("retry-after")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
-        .to_string();
-    let body = serde_json::from_str(&resp.body_mut().read_to_string().unwrap()).unwrap();
-    (resp.status().as_u16(), retry, body)
-}
-
 #[test]
 fn past_the_bound_ingest_is_refused_with_the_reason_and_accepted_again_once_caught_up() {
     let dir = tempfile::tempdir().unwrap();
@@ -79,7 +62,11 @@ fn past_the_bound_ingest_is_refused_with_the_reason_and_accepted_again_once_caug
         assert_eq!(*status, 202, "{body}");
         body["id"].as_str().unwrap().to_string()
     };
-    let mut ids = vec![accepted(&post(&agent, &router.base, &event("spin", 0)))];
+    let mut ids = vec![accepted(&post_event(
+        &agent,
+        &router.base,
+        &event("spin", 0),
+    ))];
     // Wait until the pipeline holds the spinning event (its call counted),
     // so that the cursor cannot pass the events posted next.
     router.wait_until("the spin call to start", || {
@@ -87,7 +74,7 @@ fn past_the_bound_ingest_is_refused_with_the_reason_and_accepted_again_once_caug
     });
     let mut refusal = None;
     for n in 1..=MAX_LAG as usize + 1 {
-        let answer = post(&agent, &router.base, &event("none", n));
+        let answer = post_event(&agent, &router.base, &event("none", n));
         if answer.0 == 503 {
             refusal = Some((n, answer));
             break;
@@ -120,7 +107,7 @@ fn past_the_bound_ingest_is_refused_with_the_reason_and_accepted_again_once_caug
     // The spin times out and is dead-lettered; the router catches up and
     // ingest accepts again.
     router.wait_until("ingest to accept again", || {
-        let answer = post(&agent, &router.base, &event("none", 100));
+        let answer = post_event(&agent, &router.base, &event("none", 100));
         match answer.0 {
             202 => {
                 ids.push(accepted(&answer));

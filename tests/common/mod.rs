@@ -82,6 +82,25 @@ pub fn agent() -> ureq::Agent {
         .into()
 }
 
+/// POSTs `event` as JSON to the router at `base`: the status, the
+/// `Retry-After` header (empty when absent) and the body.
+pub fn post_event(agent: &ureq::Agent, base: &str, event: &Value) -> (u16, String, Value) {
+    let mut resp = agent
+        .post(&format!("{base}/v1/events"))
+        .header("content-type", "application/json")
+        .send(event.to_string().as_bytes())
+        .expect("POST");
+    let retry = resp
+        .headers()
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    let text = resp.body_mut().read_to_string().unwrap_or_default();
+    let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
+    (resp.status().as_u16(), retry, body)
+}
+
 /// A running router process.
 pub struct Router {
     child: Option<Child>,

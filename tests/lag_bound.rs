@@ -194,6 +194,8 @@ concurrency = 1
             .iter()
             .any(|l| l.contains("sqs source paused"))
     });
+    let source = |router: &Router| router.get("/v1/sources").1["sources"][0].clone();
+    assert_eq!(source(&router)["paused"], true, "{}", source(&router));
     let ingested = router.topic_len("events");
     // Paused once past the bound (the cursor is still at 0); the rest of
     // the first messages may be waiting in the queue too.
@@ -229,6 +231,7 @@ concurrency = 1
     let want: Vec<u64> = (1..=MAX_LAG + 1).chain(100..100 + late as u64).collect();
     assert_eq!(echoed, want);
     assert_eq!(aws.depth("lag-in"), 0);
+    assert_eq!(source(&router)["paused"], false, "{}", source(&router));
     assert!(
         router
             .log

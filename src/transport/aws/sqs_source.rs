@@ -47,6 +47,9 @@ struct SourceStats {
     deleted: AtomicU64,
     /// Left for redelivery (transient failures).
     left: AtomicU64,
+    /// Receive loops waiting for the router to get back within
+    /// `ingest.max_lag`.
+    paused: AtomicU64,
     last_error: Mutex<Option<String>>,
 }
 
@@ -118,6 +121,7 @@ impl SqsSource {
             "deadLettered": s.dead_lettered.load(Ordering::Relaxed),
             "deleted": s.deleted.load(Ordering::Relaxed),
             "left": s.left.load(Ordering::Relaxed),
+            "paused": s.paused.load(Ordering::Relaxed) > 0,
             "lastError": s.last_error.lock().map(|e| e.clone()).unwrap_or_default(),
         })
     }
@@ -141,8 +145,10 @@ impl SqsSource {
             if let Some(b) = backlog.as_mut()
                 && let Some(behind) = b.over()
             {
+                self.stats.paused.fetch_add(1, Ordering::Relaxed);
                 tracing::info!(source = %self.name, worker, behind, max_lag = b.max(), "router behind its bound; sqs source paused");
                 b.wait(&mut shutdown).await;
+                self.stats.paused.fetch_sub(1, Ordering::Relaxed);
                 tracing::info!(source = %self.name, worker, "sqs source resumed");
                 continue;
             }

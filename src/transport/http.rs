@@ -18,7 +18,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use serde_json::json;
 
-use super::limits::{IngestLimits, retry_after};
+use super::limits::{IngestLimits, retry_after, try_later};
 use super::{IngestError, Problem, ingest};
 use crate::envelope::{EnvelopeError, decode_http};
 use crate::runtime::Runtime;
@@ -75,16 +75,14 @@ async fn post_events(
             max_lag = backlog.max(),
             "router behind its bound; asking the client to retry"
         );
-        let mut r = error(
-            StatusCode::SERVICE_UNAVAILABLE,
+        return try_later(
             "the router is too far behind; nothing was accepted",
-            json!([{ "field": "ingest.max_lag", "reason": format!(
+            "ingest.max_lag",
+            format!(
                 "the router is {behind} events behind on the ingest topic, past its bound of {}; retry later",
                 backlog.max()
-            ) }]),
+            ),
         );
-        retry_after(&mut r);
-        return r;
     }
     // Held until the answer: bounds bodies in memory and queued writes.
     let _slot = match limits.admit() {
@@ -169,13 +167,11 @@ async fn post_events(
         }
         Err(IngestError::Unavailable(e)) => {
             tracing::error!(error = %e, "ingest could not write");
-            let mut r = error(
-                StatusCode::SERVICE_UNAVAILABLE,
+            try_later(
                 "events could not be written durably; nothing was accepted",
-                json!([{ "field": "store", "reason": e.to_string() }]),
-            );
-            retry_after(&mut r);
-            r
+                "store",
+                e.to_string(),
+            )
         }
     }
 }

@@ -54,16 +54,14 @@ impl IngestLimits {
                 max_in_flight = self.max_in_flight,
                 "ingest saturated; asking the client to retry"
             );
-            let mut r = error(
-                StatusCode::SERVICE_UNAVAILABLE,
+            Box::new(try_later(
                 "too many requests in flight; nothing was accepted",
-                json!([{ "field": "server.max_in_flight", "reason": format!(
+                "server.max_in_flight",
+                format!(
                     "the router is handling its limit of {} ingest requests; retry after {RETRY_AFTER_S} s",
                     self.max_in_flight
-                ) }]),
-            );
-            retry_after(&mut r);
-            Box::new(r)
+                ),
+            ))
         })
     }
 
@@ -195,6 +193,18 @@ impl Kept {
 pub fn retry_after(r: &mut Response) {
     r.headers_mut()
         .insert("retry-after", HeaderValue::from_static(RETRY_AFTER_S));
+}
+
+/// A `503` with `Retry-After` that nothing of the request was accepted
+/// (`error`), naming the one `field` that refused it and why.
+pub fn try_later(error_text: &str, field: &str, reason: String) -> Response {
+    let mut r = error(
+        StatusCode::SERVICE_UNAVAILABLE,
+        error_text,
+        json!([{ "field": field, "reason": reason }]),
+    );
+    retry_after(&mut r);
+    r
 }
 
 /// Whether `text`'s arrays and objects nest at most `max` deep; otherwise the

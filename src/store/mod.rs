@@ -529,27 +529,17 @@ impl Store {
 
     /// Watches the length of `topic`: changes after every commit that appends to it.
     pub fn watch(&self, topic: &str) -> watch::Receiver<u64> {
-        let mut map = lock(&self.inner.watchers);
-        if let Some(tx) = map.get(topic) {
-            return tx.subscribe();
-        }
-        let len = self.topic_len(topic).unwrap_or(0);
-        let (tx, rx) = watch::channel(len);
-        map.insert(topic.to_string(), tx);
-        rx
+        subscribe(&self.inner.watchers, topic, || {
+            self.topic_len(topic).unwrap_or(0)
+        })
     }
 
     /// Watches the durable cursor of `consumer`: changes after every commit
     /// that writes it.
     pub fn watch_cursor(&self, consumer: &str) -> watch::Receiver<u64> {
-        let mut map = lock(&self.inner.cursor_watchers);
-        if let Some(tx) = map.get(consumer) {
-            return tx.subscribe();
-        }
-        let at = self.cursor(consumer).unwrap_or(0);
-        let (tx, rx) = watch::channel(at);
-        map.insert(consumer.to_string(), tx);
-        rx
+        subscribe(&self.inner.cursor_watchers, consumer, || {
+            self.cursor(consumer).unwrap_or(0)
+        })
     }
 
     /// Changes after every commit that appended to any topic.
@@ -565,6 +555,23 @@ impl Store {
             let _ = h.join();
         }
     }
+}
+
+/// A receiver of `key`'s watch in `watchers`, made with the value `now`
+/// reads when there is none yet. `now` reads the store under the lock, so a
+/// commit the writer publishes meanwhile waits for the watch to exist.
+fn subscribe(
+    watchers: &Mutex<HashMap<String, watch::Sender<u64>>>,
+    key: &str,
+    now: impl FnOnce() -> u64,
+) -> watch::Receiver<u64> {
+    let mut map = lock(watchers);
+    if let Some(tx) = map.get(key) {
+        return tx.subscribe();
+    }
+    let (tx, rx) = watch::channel(now());
+    map.insert(key.to_string(), tx);
+    rx
 }
 
 fn writer_loop(

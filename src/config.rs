@@ -220,12 +220,17 @@ pub struct StoreConfig {
     /// resident set as the log grows (the pipeline reads what was just
     /// written, which is still cached).
     pub cache_mb: usize,
+    /// Write-ahead log size, in MiB, at which the store checkpoints: larger
+    /// makes checkpoints rarer (each pauses writes while the database is
+    /// synced), smaller makes the replay after a crash shorter.
+    pub checkpoint_mb: u64,
 }
 
 impl Default for StoreConfig {
     fn default() -> Self {
         Self {
             cache_mb: crate::store::DEFAULT_CACHE_MB,
+            checkpoint_mb: crate::store::DEFAULT_CHECKPOINT_MB,
         }
     }
 }
@@ -441,6 +446,12 @@ impl Config {
         }
         if self.store.cache_mb == 0 {
             return Err(whole("store.cache_mb", "must be at least 1".into()));
+        }
+        if self.store.checkpoint_mb == 0 || self.store.checkpoint_mb > 4096 {
+            return Err(whole(
+                "store.checkpoint_mb",
+                "must be between 1 and 4096".into(),
+            ));
         }
         if self.router.max_attempts == 0 {
             return Err(whole("router.max_attempts", "must be at least 1".into()));
@@ -808,6 +819,13 @@ pipeline = ["proj"]
         );
         let err = parse(&format!("{GOOD}\n[store]\ncache_mb = 0\n"));
         assert_eq!((err.key.as_str(), err.line), ("store.cache_mb", Some(15)));
+        for bad in [0, 4097] {
+            let err = parse(&format!("{GOOD}\n[store]\ncheckpoint_mb = {bad}\n"));
+            assert_eq!(
+                (err.key.as_str(), err.line),
+                ("store.checkpoint_mb", Some(15))
+            );
+        }
         let err = parse(&GOOD.replace("path = \"p.wasm\"", "path = \"p.wasm\"\ninstances = 0"));
         assert_eq!(
             (err.key.as_str(), err.line),

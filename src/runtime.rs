@@ -78,7 +78,7 @@ impl Runtime {
     /// plugin (each instantiated and `init`ed once). Fails on the first error.
     pub async fn start(config: Config, data_dir: &Path) -> Result<Arc<Self>, StartError> {
         let schemas = load_schemas(&config)?;
-        let store = Store::open_with_cache(data_dir, config.store.cache_mb)?;
+        let store = Store::open_with(data_dir, config.store.cache_mb, config.store.checkpoint_mb)?;
         let host = PluginHost::with_cache(data_dir.join("cache"))?;
         let mut plugins = BTreeMap::new();
         let mut pending = Vec::new();

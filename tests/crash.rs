@@ -60,6 +60,13 @@ fn accepted_events_survive_kill_9_and_their_outputs_appear_once() {
     let accepted = accepted.lock().unwrap().clone();
 
     let router = Router::start(dir.path(), &default_config());
+    // The kill came under load, so the last commits were only in the
+    // store's write-ahead log: the restart applied them again.
+    let replayed = router.log_lines("write-ahead log");
+    assert!(
+        replayed.iter().any(|l| l.contains("applied the commits")),
+        "the restart did not replay the write-ahead log: {replayed:?}"
+    );
     let events = router.topic("events");
     let stored: HashSet<&str> = events.iter().filter_map(|e| e["id"].as_str()).collect();
     for id in &accepted {

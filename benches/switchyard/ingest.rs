@@ -160,8 +160,9 @@ async fn measure(
 }
 
 /// The floor under every ingest latency on this machine, measured in the
-/// same run: one 4 KiB `fdatasync`, and a store write of one event (a redb
-/// commit with immediate durability), each repeated `n` times in a row.
+/// same run: one 4 KiB `fdatasync`, and store writes of one event and of
+/// 50 (a frame of the write-ahead log synced, then a redb commit without a
+/// sync), each repeated `n` times in a row (`n / 4` for 50).
 async fn commit_floor(
     dir: &std::path::Path,
     event: &switchyard::Event,
@@ -172,7 +173,9 @@ async fn commit_floor(
         "3b. What one durable commit costs here",
         "Each row repeats one operation back to back on the disk the benchmarks use, with no other load; \
          \"CPU µs each\" is the process's CPU time (user and system) per operation. \
-         Every ingest answer waits for at least one store commit (two for an output through the outbox), \
+         A store commit appends one frame to the store's write-ahead log and syncs it, then applies the \
+         writes to redb without a sync; a checkpoint (every 64 MiB of log, and when the writer is idle) \
+         makes redb durable (the last two rows: one each, of a log written by 50-event writes). Every ingest answer waits for at least one store commit (two for an output through the outbox), \
          so these tails bound the latencies above: the p99 targets cannot be met by a router on a disk \
          whose commit p99 is near them.",
         &[
@@ -229,11 +232,75 @@ async fn commit_floor(
     }
     add(
         &mut s,
-        "store write of one event (one redb commit)",
+        "store write of one event (one commit)",
+        times,
+        util::cpu_time() - cpu,
+    );
+    let fifty = vec![("events".to_string(), event.clone()); 50];
+    let mut times = Vec::with_capacity(n / 4);
+    let cpu = util::cpu_time();
+    for _ in 0..n / 4 {
+        let t = Instant::now();
+        store
+            .write(switchyard::store::WriteBatch {
+                appends: fifty.clone(),
+                ..Default::default()
+            })
+            .await?;
+        times.push(t.elapsed());
+    }
+    add(
+        &mut s,
+        "store write of 50 events (one commit)",
         times,
         util::cpu_time() - cpu,
     );
     store.close();
+
+    // A crash with `log_mib` of write-ahead log: its replay at the next
+    // open, and the checkpoint a clean close makes of the same log.
+    let log_mib: u64 = if n >= 2000 { 64 } else { 16 };
+    let dir = dir.join("replay-probe");
+    let store = Store::open_with(&dir, switchyard::store::DEFAULT_CACHE_MB, 4096)?;
+    while store.wal_bytes() < log_mib * 1024 * 1024 {
+        store
+            .write(switchyard::store::WriteBatch {
+                appends: fifty.clone(),
+                ..Default::default()
+            })
+            .await?;
+    }
+    let copy = dir.with_extension("crashed");
+    std::fs::create_dir_all(&copy)?;
+    for name in ["switchyard.redb", "switchyard.wal"] {
+        std::fs::copy(dir.join(name), copy.join(name))?;
+    }
+    let m = switchyard::obs::metrics().store_checkpoints.series(["ok"]);
+    let before = m.sum();
+    let cpu = util::cpu_time();
+    store.close();
+    let took = m.sum() - before;
+    add(
+        &mut s,
+        &format!("checkpoint of {log_mib} MiB of write-ahead log (clean close)"),
+        vec![took],
+        util::cpu_time() - cpu,
+    );
+    drop(store);
+    let (t, cpu) = (Instant::now(), util::cpu_time());
+    let reopened = Store::open(&copy)?;
+    let took = t.elapsed();
+    let replayed = reopened.replayed();
+    anyhow::ensure!(replayed > 0, "the copy had nothing to replay");
+    add(
+        &mut s,
+        &format!(
+            "open after a crash: {replayed} commits ({log_mib} MiB) replayed and checkpointed"
+        ),
+        vec![took],
+        util::cpu_time() - cpu,
+    );
+    reopened.close();
     Ok(s)
 }
 
@@ -268,7 +335,7 @@ pub fn ingest(
                  request group instead of two). \"commits/s\" and \"writes per commit\" are the store's \
                  (from the router's metrics, until the pipeline caught up): every ingest request and every pipeline \
                  batch is one write, and a commit folds in every write queued while the one before it ran; \"writer busy\" \
-                 is the share of the time the store's one writer thread spent in commits (durable write included)."
+                 is the share of the time the store's one writer thread spent in commits (durable write included) and checkpoints."
             ),
             &["mode", "offered events/s", "achieved events/s", "router CPU (cores)", "commits/s", "writes per commit", "writer busy", "ack p50 ms", "ack p99 ms", "ack p99.9 ms", "output p50 ms", "output p99 ms", "output p99.9 ms"],
         );

@@ -448,8 +448,8 @@ pub fn scaling(report: &mut Report, events: &[Event], quick: bool) -> Result<()>
             "`Pipeline::run` of a router with the domain-fanout route draining {n} events already in the input \
              topic; the async runtime's worker threads and `router.workers` set alike. The machine has {} cores \
              shared with other work. \"CPU\" is the process's (user and system) over the wall time; \"writer busy\" is \
-             the share of the wall time the store's one writer thread spent in commits (from the router's \
-             metrics), which all workers' batches go through. \"trace lookup\" times `Store::trace` (what \
+             the share of the wall time the store's one writer thread spent in commits and checkpoints (from \
+             the router's metrics), which all workers' batches go through. \"trace lookup\" times `Store::trace` (what \
              `GET /v1/events/{{id}}/trace` reads) for 1,000 of the inputs spread over the run, once it is \
              done: the index then holds its entries in sorted runs and in the chunks not sealed yet.",
             std::thread::available_parallelism()

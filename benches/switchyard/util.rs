@@ -107,7 +107,8 @@ impl Router {
 #[derive(Clone, Copy)]
 pub struct StoreCounts {
     pub commits: u64,
-    /// The commits' total time: over a wall time, how busy the writer was.
+    /// The commits' and checkpoints' total time: over a wall time, how
+    /// busy the writer was.
     pub committing: Duration,
     pub writes: u64,
 }
@@ -119,7 +120,7 @@ impl StoreCounts {
         let commits = m.store_commits.series(["ok"]);
         StoreCounts {
             commits: commits.count(),
-            committing: commits.sum(),
+            committing: commits.sum() + m.store_checkpoints.series(["ok"]).sum(),
             writes: m.store_writes.series(["ok"]).count(),
         }
     }

@@ -78,6 +78,13 @@ fn gauges(rt: &Runtime, out: &mut String) -> Result<(), crate::store::StoreError
         [],
         &[([], waiting as f64)],
     );
+    render_gauge(
+        out,
+        "switchyard_store_wal_bytes",
+        "Bytes of commits in the store's write-ahead log since its last checkpoint: what a restart would apply again.",
+        [],
+        &[([], rt.store.wal_bytes() as f64)],
+    );
     let mut lag = Vec::new();
     for (consumer, cursor) in rt.store.cursors()? {
         if let Some(topic) = cursor_topic(rt, &consumer) {

@@ -47,6 +47,9 @@ pub struct Metrics {
     /// Store writes from queueing to durable, per outcome: what a caller
     /// waits. Writes per commit = this count over `store_commits`'.
     pub store_writes: Family<Histogram, 1>,
+    /// Store checkpoints (redb made durable, the write-ahead log started
+    /// over), per outcome: the writer takes no commit meanwhile.
+    pub store_checkpoints: Family<Histogram, 1>,
 }
 
 impl Default for Metrics {
@@ -107,6 +110,11 @@ impl Default for Metrics {
                 "Time from a store write's queueing to the end of its commit (what an ingest request or a pipeline batch waits for durability), per outcome.",
                 ["outcome"],
             ),
+            store_checkpoints: Family::new(
+                "switchyard_store_checkpoint_duration_seconds",
+                "Time of one store checkpoint (the database made durable up to the write-ahead log's end, which then starts over), per outcome; no write commits meanwhile.",
+                ["outcome"],
+            ),
         }
     }
 }
@@ -132,6 +140,7 @@ impl Metrics {
         self.route_outputs.render(out);
         self.store_commits.render(out);
         self.store_writes.render(out);
+        self.store_checkpoints.render(out);
     }
 }
 

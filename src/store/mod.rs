@@ -2,18 +2,21 @@
 //! consumer cursors, and plugin key-value state, on `redb`.
 //!
 //! All writes go through one writer thread that coalesces whatever is queued
-//! into a single `redb` transaction with immediate durability (group commit):
-//! many concurrent ingest requests cost one fsync, and every caller learns its
-//! outcome only after the commit returned. A write that was acknowledged is on
-//! disk; a `kill -9` cannot take it back.
+//! into a single commit (group commit): many concurrent ingest requests cost
+//! one fsync, and every caller learns its outcome only after the commit
+//! returned. A commit is one synced frame of the write-ahead log ([`wal`])
+//! plus a `redb` transaction committed without a sync, which checkpoints make
+//! durable. A write that was acknowledged is on disk; a `kill -9` cannot take
+//! it back (the next open applies the log's frames again).
 //!
 //! **Invariant:** a topic's offsets are dense and start at 0; a record, once
 //! written, never changes.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 use tokio::sync::{oneshot, watch};
@@ -23,6 +26,7 @@ use crate::sync::lock;
 
 mod codec;
 mod trace;
+mod wal;
 
 /// `(topic, offset)` → the event (layout in [`codec`]).
 const LOG: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("log");
@@ -43,9 +47,30 @@ const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 /// resident set grew towards under sustained load.
 pub const DEFAULT_CACHE_MB: usize = 64;
 
+/// Default write-ahead log size at which the writer checkpoints (see
+/// [`wal`]): bounds the log's size and the replay after a crash.
+pub const DEFAULT_CHECKPOINT_MB: u64 = 64;
+
 /// Most jobs folded into one transaction: bounds the latency a large queue
 /// adds to the first caller in it.
 const MAX_JOBS_PER_COMMIT: usize = 1024;
+
+/// When the writer checkpoints (see [`wal`]).
+#[derive(Debug, Clone, Copy)]
+struct Checkpoints {
+    /// Once the write-ahead log holds this many bytes.
+    bytes: u64,
+    /// Once the writer has been idle this long with commits in the log, so
+    /// that a quiet router restarts without replaying.
+    idle: Duration,
+}
+
+impl Checkpoints {
+    const DEFAULT: Checkpoints = Checkpoints {
+        bytes: DEFAULT_CHECKPOINT_MB * 1024 * 1024,
+        idle: Duration::from_secs(1),
+    };
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -196,27 +221,53 @@ struct Inner {
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
     /// The trace index's runs and waiting entries, kept by the writer.
     trace_stats: Arc<trace::Stats>,
+    /// Bytes in the write-ahead log since the last checkpoint, kept by the
+    /// writer.
+    wal_bytes: Arc<AtomicU64>,
+    /// Commits the open applied from the write-ahead log.
+    replayed: u64,
 }
 
 impl Store {
     /// Opens (or creates) the store in `dir` with the default page cache.
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
-        Self::open_with_cache(dir, DEFAULT_CACHE_MB)
+        Self::open_inner(
+            dir,
+            DEFAULT_CACHE_MB,
+            trace::Shape::DEFAULT,
+            Checkpoints::DEFAULT,
+        )
     }
 
     /// Opens (or creates) the store in `dir` with a page cache of
-    /// `cache_mb` MiB.
-    pub fn open_with_cache(dir: &Path, cache_mb: usize) -> Result<Self, StoreError> {
-        Self::open_inner(dir, cache_mb, trace::Shape::DEFAULT)
+    /// `cache_mb` MiB, checkpointing every `checkpoint_mb` MiB of
+    /// write-ahead log (see [`wal`]).
+    pub fn open_with(dir: &Path, cache_mb: usize, checkpoint_mb: u64) -> Result<Self, StoreError> {
+        let checkpoints = Checkpoints {
+            bytes: checkpoint_mb.max(1).saturating_mul(1024 * 1024),
+            ..Checkpoints::DEFAULT
+        };
+        Self::open_inner(dir, cache_mb, trace::Shape::DEFAULT, checkpoints)
     }
 
     /// With the trace index sized by `shape`.
     #[cfg(test)]
     fn open_with_runs(dir: &Path, shape: trace::Shape) -> Result<Self, StoreError> {
-        Self::open_inner(dir, DEFAULT_CACHE_MB, shape)
+        Self::open_inner(dir, DEFAULT_CACHE_MB, shape, Checkpoints::DEFAULT)
     }
 
-    fn open_inner(dir: &Path, cache_mb: usize, shape: trace::Shape) -> Result<Self, StoreError> {
+    /// Checkpointing as `checkpoints` says.
+    #[cfg(test)]
+    fn open_with_checkpoints(dir: &Path, checkpoints: Checkpoints) -> Result<Self, StoreError> {
+        Self::open_inner(dir, DEFAULT_CACHE_MB, trace::Shape::DEFAULT, checkpoints)
+    }
+
+    fn open_inner(
+        dir: &Path,
+        cache_mb: usize,
+        shape: trace::Shape,
+        checkpoints: Checkpoints,
+    ) -> Result<Self, StoreError> {
         let open_err = |e: redb::Error| StoreError::Open {
             path: dir.to_path_buf(),
             source: Box::new(e),
@@ -251,8 +302,11 @@ impl Store {
         txn.commit().map_err(|e| open_err(e.into()))?;
         let db = Arc::new(db);
         let trace_stats = Arc::new(trace::Stats::default());
-        let index =
+        let mut index =
             trace::Index::load(db.clone(), trace_stats.clone(), shape).map_err(StoreError::Read)?;
+        let (wal, replayed) = replay(&db, &mut index, &dir.join("switchyard.wal"))
+            .map_err(|e| open_err(redb::StorageError::Io(std::io::Error::other(e)).into()))?;
+        let wal_bytes = Arc::new(AtomicU64::new(0));
         let (tx, rx) = mpsc::channel::<Job>();
         let inner = Arc::new(Inner {
             db: db.clone(),
@@ -263,11 +317,20 @@ impl Store {
             appended: watch::channel(0).0,
             writer: Mutex::new(None),
             trace_stats,
+            wal_bytes: wal_bytes.clone(),
+            replayed,
         });
         let weak = Arc::downgrade(&inner);
         let handle = std::thread::Builder::new()
             .name("store-writer".into())
-            .spawn(move || writer_loop(&db, index, rx, weak))
+            .spawn(move || {
+                let log = Log {
+                    wal,
+                    checkpoints,
+                    bytes: wal_bytes,
+                };
+                writer_loop(&db, index, log, rx, weak)
+            })
             .map_err(|e| open_err(redb::StorageError::Io(e).into()))?;
         *lock(&inner.writer) = Some(handle);
         Ok(Self { inner })
@@ -446,13 +509,25 @@ impl Store {
     /// Runs of one size the trace index merges into one.
     pub const TRACE_FAN_IN: usize = trace::FAN_IN;
 
+    /// Bytes of commits in the write-ahead log since the last checkpoint:
+    /// what a restart would apply again (see [`wal`]).
+    pub fn wal_bytes(&self) -> u64 {
+        self.inner.wal_bytes.load(Ordering::Relaxed)
+    }
+
+    /// How many commits the open applied from the write-ahead log: those the
+    /// database had not made durable before the router stopped.
+    pub fn replayed(&self) -> u64 {
+        self.inner.replayed
+    }
+
     /// The trace index's sorted runs and the entries waiting in chunks (see
     /// [`trace`]): a lookup reads one block of each run and scans the chunks.
     pub fn trace_index(&self) -> (u64, u64) {
         let s = &self.inner.trace_stats;
         (
-            s.runs.load(std::sync::atomic::Ordering::Relaxed),
-            s.waiting.load(std::sync::atomic::Ordering::Relaxed),
+            s.runs.load(Ordering::Relaxed),
+            s.waiting.load(Ordering::Relaxed),
         )
     }
 
@@ -574,9 +649,109 @@ fn subscribe(
     rx
 }
 
+/// Opens the write-ahead log at `path` and applies the commits in it that
+/// redb lost (those after its last durable one), then checkpoints them.
+fn replay(db: &Database, index: &mut trace::Index, path: &Path) -> Result<(wal::Wal, u64), String> {
+    let applied = {
+        let txn = db.begin_read().map_err(|e| e.to_string())?;
+        let meta = txn.open_table(META).map_err(|e| e.to_string())?;
+        let seq = meta.get(wal::SEQ_KEY).map_err(|e| e.to_string())?;
+        seq.and_then(|v| v.value().try_into().ok())
+            .map_or(0, u64::from_le_bytes)
+    };
+    let where_ = || path.display();
+    let (mut wal, frames) =
+        wal::Wal::open(path, applied).map_err(|e| format!("write-ahead log {}: {e}", where_()))?;
+    let Some(last) = frames.last().map(|f| f.0) else {
+        return Ok((wal, 0));
+    };
+    let started = Instant::now();
+    for (seq, jobs) in &frames {
+        let parts: Vec<_> = jobs.iter().map(|(b, e)| (b, e.as_slice())).collect();
+        let (txn, (_, _, step)) = stage(db, index, &parts, *seq)?;
+        txn.commit().map_err(|e| e.to_string())?;
+        index.committed(step);
+    }
+    checkpoint(db, &mut wal)?;
+    tracing::info!(commits = frames.len(), first = frames[0].0, last,
+        elapsed_ms = started.elapsed().as_millis() as u64, path = %where_(),
+        "applied the commits of the write-ahead log that the database had not made durable");
+    Ok((wal, frames.len() as u64))
+}
+
+/// Makes everything committed so far durable in redb, then starts the
+/// write-ahead log over.
+fn checkpoint(db: &Database, wal: &mut wal::Wal) -> Result<(), String> {
+    let s = |e: &dyn std::fmt::Display| format!("checkpoint failed: {e}");
+    let txn = db.begin_write().map_err(|e| s(&e))?;
+    {
+        let mut meta = txn.open_table(META).map_err(|e| s(&e))?;
+        meta.insert(wal::SEQ_KEY, &wal.seq().to_le_bytes()[..])
+            .map_err(|e| s(&e))?;
+    }
+    txn.commit().map_err(|e| s(&e))?;
+    wal.rewind();
+    Ok(())
+}
+
+/// Commits `jobs`: staged in a redb transaction, logged durably, then
+/// committed to redb without a sync. Once the log cannot be trusted, or redb
+/// failed a commit whose frame is logged, `broken` says why and every later
+/// commit fails with it until a restart (which replays the log).
+fn commit(
+    db: &Database,
+    index: &mut trace::Index,
+    wal: &mut wal::Wal,
+    jobs: &[Job],
+    broken: &mut Option<String>,
+) -> Result<Committed, String> {
+    if let Some(why) = broken {
+        return Err(why.clone());
+    }
+    let parts: Vec<_> = jobs
+        .iter()
+        .map(|j| (&j.batch, j.encoded.as_slice()))
+        .collect();
+    let (txn, committed) = stage(db, index, &parts, wal.seq() + 1)?;
+    let frame_at = wal.len();
+    let log = wal.path().display().to_string();
+    match wal.append(&parts) {
+        Ok(_) => {}
+        Err(e @ wal::Failed::Write(_)) => return Err(format!("write-ahead log {log}: {e}")),
+        Err(e @ wal::Failed::Sync(_)) => {
+            let why = format!(
+                "write-ahead log {log}: {e}; no write is accepted until the router restarts"
+            );
+            *broken = Some(why.clone());
+            return Err(why);
+        }
+    }
+    if let Err(e) = txn.commit() {
+        let why = match wal.take_back(frame_at) {
+            Ok(()) => format!("{e}; no write is accepted until the router restarts"),
+            Err(back) => format!(
+                "{e}, and its entry in the write-ahead log {log} could not be taken back \
+                 ({back}): it will be applied when the router restarts"
+            ),
+        };
+        *broken = Some(why.clone());
+        return Err(why);
+    }
+    Ok(committed)
+}
+
+/// The writer's write-ahead log and when it checkpoints.
+struct Log {
+    wal: wal::Wal,
+    checkpoints: Checkpoints,
+    /// Where the log's size is shown ([`Store::wal_bytes`]).
+    bytes: Arc<AtomicU64>,
+}
+
 fn writer_loop(
     db: &Database,
     mut index: trace::Index,
+    mut log: Log,
     rx: mpsc::Receiver<Job>,
     inner: std::sync::Weak<Inner>,
 ) {
@@ -589,7 +764,45 @@ fn writer_loop(
         m.store_writes.series(["ok"]),
         m.store_writes.series(["error"]),
     );
-    while let Ok(first) = rx.recv() {
+    let (checkpoint_ok, checkpoint_err) = (
+        m.store_checkpoints.series(["ok"]),
+        m.store_checkpoints.series(["error"]),
+    );
+    let mut broken = None;
+    let checkpoint_now = |log: &mut Log, broken: &mut Option<String>| {
+        if broken.is_none() && log.wal.len() > 0 {
+            let (started, bytes) = (Instant::now(), log.wal.len());
+            let result = checkpoint(db, &mut log.wal);
+            let took = started.elapsed();
+            if let Err(e) = result {
+                checkpoint_err.observe(took);
+                tracing::error!(error = %e, "store checkpoint failed");
+                *broken = Some(format!(
+                    "{e}; no write is accepted until the router restarts"
+                ));
+            } else {
+                checkpoint_ok.observe(took);
+                tracing::debug!(bytes, took_ms = took.as_millis() as u64, "store checkpoint");
+            }
+            log.bytes.store(log.wal.len(), Ordering::Relaxed);
+        }
+    };
+    loop {
+        let first = if log.wal.len() > 0 && broken.is_none() {
+            match rx.recv_timeout(log.checkpoints.idle) {
+                Ok(job) => job,
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    checkpoint_now(&mut log, &mut broken);
+                    continue;
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            }
+        } else {
+            match rx.recv() {
+                Ok(job) => job,
+                Err(_) => break,
+            }
+        };
         let mut jobs = vec![first];
         while jobs.len() < MAX_JOBS_PER_COMMIT {
             match rx.try_recv() {
@@ -598,7 +811,8 @@ fn writer_loop(
             }
         }
         let started = Instant::now();
-        let committed = commit(db, &mut index, &jobs);
+        let committed = commit(db, &mut index, &mut log.wal, &jobs, &mut broken);
+        log.bytes.store(log.wal.len(), Ordering::Relaxed);
         let done = Instant::now();
         // Each job's outcome: a failed commit fails them all.
         let (results, lengths): (Vec<Result<Vec<u64>, StoreError>>, _) = match committed {
@@ -654,7 +868,11 @@ fn writer_loop(
             writes.observe(done.saturating_duration_since(job.queued));
             let _ = job.reply.send((result, (job.batch, job.encoded)));
         }
+        if log.wal.len() >= log.checkpoints.bytes {
+            checkpoint_now(&mut log, &mut broken);
+        }
     }
+    checkpoint_now(&mut log, &mut broken);
 }
 
 /// Each job's offsets (or why it was refused, see
@@ -773,11 +991,18 @@ fn chunks<'r, 'b>(records: &'r [&'b [u8]]) -> impl Iterator<Item = &'r [&'b [u8]
     })
 }
 
-fn commit(db: &Database, index: &mut trace::Index, jobs: &[Job]) -> Result<Committed, String> {
+/// `jobs` applied in a redb transaction that commits without a sync (the
+/// write-ahead log makes it durable), recording `seq` as its place in the
+/// log; not committed yet.
+fn stage(
+    db: &Database,
+    index: &mut trace::Index,
+    jobs: &[(&WriteBatch, &[Vec<u8>])],
+    seq: u64,
+) -> Result<(redb::WriteTransaction, Committed), String> {
     let s = |e: &dyn std::fmt::Display| e.to_string();
     let mut txn = db.begin_write().map_err(|e| s(&e))?;
-    txn.set_durability(Durability::Immediate)
-        .map_err(|e| s(&e))?;
+    txn.set_durability(Durability::None).map_err(|e| s(&e))?;
     let mut lengths: HashMap<&str, u64> = HashMap::new();
     let mut offsets = Vec::with_capacity(jobs.len());
     // Per topic, the offset of its first append in this commit and the
@@ -788,8 +1013,10 @@ fn commit(db: &Database, index: &mut trace::Index, jobs: &[Job]) -> Result<Commi
     let step = {
         let (mut log, mut topics, mut cursors) = (None, None, None);
         let (mut kv, mut meta) = (None, None);
-        for job in jobs {
-            let b = &job.batch;
+        table(&txn, &mut meta, META)?
+            .insert(wal::SEQ_KEY, &seq.to_le_bytes()[..])
+            .map_err(|e| s(&e))?;
+        for &(b, encoded) in jobs {
             if let Some((consumer, expected)) = &b.cursor_at {
                 let at = table(&txn, &mut cursors, CURSORS)?
                     .get(consumer.as_str())
@@ -803,7 +1030,7 @@ fn commit(db: &Database, index: &mut trace::Index, jobs: &[Job]) -> Result<Commi
                 }
             }
             let mut offs = Vec::with_capacity(b.appends.len());
-            for ((topic, _), bytes) in b.appends.iter().zip(&job.encoded) {
+            for ((topic, _), bytes) in b.appends.iter().zip(encoded) {
                 let next = match lengths.get(topic.as_str()) {
                     Some(n) => *n,
                     None => table(&txn, &mut topics, TOPICS)?
@@ -878,12 +1105,11 @@ fn commit(db: &Database, index: &mut trace::Index, jobs: &[Job]) -> Result<Commi
         }
         index.write(&txn, &traces, traced)?
     };
-    txn.commit().map_err(|e| s(&e))?;
     let lengths = lengths
         .into_iter()
         .map(|(topic, len)| (topic.to_owned(), len))
         .collect();
-    Ok((offsets, lengths, step))
+    Ok((txn, (offsets, lengths, step)))
 }
 
 #[cfg(test)]
@@ -1052,6 +1278,165 @@ mod tests {
 
     /// A batch that moves cursor `c` from `from` to `to`, appending one
     /// event to `t`, written only if the cursor is at `from`.
+    /// What a crash leaves: the store's files as they are on disk now,
+    /// copied while it is open (no checkpoint, no clean close).
+    fn crash_copy(from: &Path) -> tempfile::TempDir {
+        let to = tempfile::tempdir().unwrap();
+        for name in ["switchyard.redb", "switchyard.wal"] {
+            std::fs::copy(from.join(name), to.path().join(name)).unwrap();
+        }
+        to
+    }
+
+    const NEVER: Checkpoints = Checkpoints {
+        bytes: u64::MAX,
+        idle: Duration::from_secs(3600),
+    };
+
+    /// Everything a store holds that these tests write.
+    fn contents(store: &Store) -> String {
+        let topics = store.topics().unwrap();
+        let mut out = format!("{topics:?}\n{:?}\n", store.cursors().unwrap());
+        for (topic, len) in &topics {
+            let ids: Vec<_> = store
+                .read(topic, 0, *len as usize)
+                .unwrap()
+                .into_iter()
+                .map(|r| (r.offset, r.event.id))
+                .collect();
+            out += &format!("{topic}: {ids:?}\n");
+        }
+        out += &format!("{:?}\n", store.kv_scan("ns", "", 1000).unwrap());
+        out += &format!("{:?}\n", store.meta_scan("m").unwrap());
+        for i in 0..40 {
+            out += &format!("{:?}\n", store.trace(&format!("in{i}")).unwrap());
+        }
+        out
+    }
+
+    /// The `i`th write of the crash tests: an input, its output, the
+    /// consumer's cursor, state, a router record and a trace entry.
+    fn logged(i: u64) -> WriteBatch {
+        WriteBatch {
+            appends: vec![
+                ("in".into(), ev(&format!("in{i}"))),
+                ("out".into(), ev(&format!("out{i}"))),
+            ],
+            cursors: vec![("c".into(), i + 1)],
+            cursor_at: Some(("c".into(), i)),
+            kv: vec![
+                (
+                    "ns".into(),
+                    format!("k{}", i % 3),
+                    Some(i.to_le_bytes().to_vec()),
+                ),
+                ("ns".into(), format!("k{}", (i + 1) % 3), None),
+            ],
+            meta: vec![(format!("m{}", i % 4), Some(vec![i as u8]))],
+            traces: vec![Trace {
+                id: format!("in{i}"),
+                writer: 1,
+                input: Some(0),
+                from: None,
+                outputs: vec![(1, b"{\"plugin\":\"p\"}".to_vec())],
+            }],
+            ..Default::default()
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn acknowledged_writes_outlive_a_crash_through_the_write_ahead_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open_with_checkpoints(dir.path(), NEVER).unwrap();
+        for i in 0..30 {
+            store.write(logged(i)).await.unwrap();
+            if i == 12 {
+                // Refused (the cursor is at 13): it must stay refused when
+                // the log is applied again.
+                let stale = store.write(logged(5)).await;
+                assert!(matches!(stale, Err(StoreError::Conflict(_))), "{stale:?}");
+            }
+        }
+        assert!(store.wal_bytes() > 0, "no checkpoint was due");
+        let before = contents(&store);
+        assert!(before.contains("out29"), "{before}");
+
+        let crashed = crash_copy(dir.path());
+        let reopened = Store::open(crashed.path()).unwrap();
+        assert_eq!(
+            reopened.replayed(),
+            31,
+            "every commit since the open is in the log, the refused one too"
+        );
+        assert_eq!(contents(&reopened), before);
+        assert_eq!(
+            reopened.wal_bytes(),
+            0,
+            "the open checkpoints what it applied"
+        );
+        // It goes on where the log left off...
+        let offs = reopened.write(logged(30)).await.unwrap();
+        assert_eq!(offs, vec![30, 30]);
+        let after = contents(&reopened);
+        // ...and a second crash applies only what came after the first.
+        let again = crash_copy(crashed.path());
+        let reopened2 = Store::open(again.path()).unwrap();
+        assert_eq!(reopened2.replayed(), 1);
+        assert_eq!(contents(&reopened2), after);
+        store.close();
+    }
+
+    async fn emptied(store: &Store) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while store.wal_bytes() > 0 {
+            assert!(Instant::now() < deadline, "no checkpoint");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn checkpoints_empty_the_log_by_size_when_idle_and_on_close() {
+        // By size: a checkpoint after every commit.
+        let dir = tempfile::tempdir().unwrap();
+        let by_size = Checkpoints { bytes: 1, ..NEVER };
+        let store = Store::open_with_checkpoints(dir.path(), by_size).unwrap();
+        for i in 0..5 {
+            store.write(logged(i)).await.unwrap();
+        }
+        // The writer answers first, then checkpoints.
+        emptied(&store).await;
+        let crashed = crash_copy(dir.path());
+        let reopened = Store::open(crashed.path()).unwrap();
+        assert_eq!(reopened.replayed(), 0, "nothing was left to apply");
+        assert_eq!(contents(&reopened), contents(&store));
+        store.close();
+
+        // When idle.
+        let dir = tempfile::tempdir().unwrap();
+        let idle = Checkpoints {
+            idle: Duration::from_millis(20),
+            ..NEVER
+        };
+        let store = Store::open_with_checkpoints(dir.path(), idle).unwrap();
+        store.write(logged(0)).await.unwrap();
+        emptied(&store).await;
+        let crashed = crash_copy(dir.path());
+        assert_eq!(Store::open(crashed.path()).unwrap().replayed(), 0);
+
+        // On close.
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open_with_checkpoints(dir.path(), NEVER).unwrap();
+        store.write(logged(0)).await.unwrap();
+        assert!(store.wal_bytes() > 0);
+        let before = contents(&store);
+        store.close();
+        assert_eq!(store.wal_bytes(), 0);
+        drop(store);
+        let reopened = Store::open(dir.path()).unwrap();
+        assert_eq!(reopened.replayed(), 0);
+        assert_eq!(contents(&reopened), before);
+    }
+
     fn step(from: u64, to: u64) -> WriteBatch {
         WriteBatch {
             appends: vec![("t".into(), ev(&format!("e{to}")))],

@@ -46,6 +46,12 @@ pub(super) const SEQ_KEY: &str = "\0wal.seq";
 /// Frame header: length and checksum.
 const HEADER: usize = 8;
 
+/// The file grows by this much at a time, written as zeros (which read as
+/// the log's end): a frame then lands on blocks already allocated, and its
+/// `fdatasync` has no file size to record, about a third of the time of a
+/// sync that does here, except once per step.
+const GROW: u64 = 1024 * 1024;
+
 pub(super) struct Wal {
     file: File,
     path: PathBuf,
@@ -53,6 +59,8 @@ pub(super) struct Wal {
     at: u64,
     /// The last `seq` written.
     seq: u64,
+    /// The file's length.
+    allocated: u64,
     buf: Vec<u8>,
 }
 
@@ -106,6 +114,7 @@ impl Wal {
             path: path.to_path_buf(),
             at: end as u64,
             seq: next - 1,
+            allocated: bytes.len() as u64,
             buf: Vec::new(),
         };
         Ok((wal, frames))
@@ -133,6 +142,15 @@ impl Wal {
         b[4..HEADER].copy_from_slice(&crc.to_le_bytes());
         // A failed write leaves at most a torn frame where the next one
         // goes: it is overwritten, and reads as the log's end until then.
+        let end = self.at + b.len() as u64;
+        if end > self.allocated {
+            let grown = end.div_ceil(GROW) * GROW;
+            let zeros = vec![0; (grown - self.allocated) as usize];
+            self.file
+                .write_all_at(&zeros, self.allocated)
+                .map_err(Failed::Write)?;
+            self.allocated = grown;
+        }
         self.file.write_all_at(b, self.at).map_err(Failed::Write)?;
         self.file.sync_data().map_err(Failed::Sync)?;
         self.at += b.len() as u64;
@@ -149,7 +167,7 @@ impl Wal {
     pub(super) fn take_back(&mut self, frame_at: u64) -> std::io::Result<()> {
         self.file.set_len(frame_at)?;
         self.file.sync_all()?;
-        self.at = frame_at;
+        (self.at, self.allocated) = (frame_at, frame_at);
         self.seq -= 1;
         Ok(())
     }
@@ -445,6 +463,11 @@ mod tests {
         let (wal, frames) = Wal::open(&path, 1).unwrap();
         assert_eq!(frames.iter().map(|f| f.0).collect::<Vec<_>>(), [2]);
         assert_eq!(wal.seq(), 2, "the next frame follows the last read");
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().len(),
+            GROW,
+            "the file grows a step at a time, its zeros ending the log"
+        );
         let (wal, frames) = Wal::open(&path, 2).unwrap();
         assert!(frames.is_empty());
         assert_eq!(wal.seq(), 2);
@@ -458,15 +481,16 @@ mod tests {
         append(&mut wal, &[batch(2)]);
         let whole = wal.len();
         append(&mut wal, &[batch(2)]);
+        let total = wal.len();
         let full = std::fs::read(&path).unwrap();
-        for cut in [whole + 1, whole + 8, full.len() as u64 - 1] {
+        for cut in [whole + 1, whole + 8, total - 1] {
             std::fs::write(&path, &full[..cut as usize]).unwrap();
             let (wal, frames) = Wal::open(&path, 0).unwrap();
             assert_eq!(frames.len(), 1, "cut at {cut}");
             assert_eq!(wal.seq(), 1);
         }
         let mut flipped = full.clone();
-        let last = flipped.len() - 3;
+        let last = total as usize - 3;
         flipped[last] ^= 0x40;
         std::fs::write(&path, &flipped).unwrap();
         let (mut wal, frames) = Wal::open(&path, 0).unwrap();

@@ -220,9 +220,9 @@ pub struct StoreConfig {
     /// resident set as the log grows (the pipeline reads what was just
     /// written, which is still cached).
     pub cache_mb: usize,
-    /// Write-ahead log size, in MiB, at which the store checkpoints: larger
-    /// makes checkpoints rarer (each pauses writes while the database is
-    /// synced), smaller makes the replay after a crash shorter.
+    /// Write-ahead log size, in MiB, at which the store checkpoints. Each
+    /// checkpoint pauses writes while the database is synced, for a time
+    /// that grows with this size; larger makes them rarer.
     pub checkpoint_mb: u64,
 }
 

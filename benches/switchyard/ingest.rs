@@ -174,7 +174,7 @@ async fn commit_floor(
         "Each row repeats one operation back to back on the disk the benchmarks use, with no other load; \
          \"CPU µs each\" is the process's CPU time (user and system) per operation. \
          A store commit appends one frame to the store's write-ahead log and syncs it, then applies the \
-         writes to redb without a sync; a checkpoint (every 64 MiB of log, and when the writer is idle) \
+         writes to redb without a sync; a checkpoint (every `[store] checkpoint_mb` of log, 1 MiB by default, and when the writer is idle) \
          makes redb durable (the last two rows: one each, of a log written by 50-event writes). Every ingest answer waits for at least one store commit (two for an output through the outbox), \
          so these tails bound the latencies above: the p99 targets cannot be met by a router on a disk \
          whose commit p99 is near them.",

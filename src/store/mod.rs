@@ -49,7 +49,7 @@ pub const DEFAULT_CACHE_MB: usize = 64;
 
 /// Default write-ahead log size at which the writer checkpoints (see
 /// [`wal`]): bounds the log's size and the replay after a crash.
-pub const DEFAULT_CHECKPOINT_MB: u64 = 64;
+pub const DEFAULT_CHECKPOINT_MB: u64 = 1;
 
 /// Most jobs folded into one transaction: bounds the latency a large queue
 /// adds to the first caller in it.

@@ -447,10 +447,11 @@ impl Config {
         if self.store.cache_mb == 0 {
             return Err(whole("store.cache_mb", "must be at least 1".into()));
         }
-        if self.store.checkpoint_mb == 0 || self.store.checkpoint_mb > 4096 {
+        // An open reads the whole log into memory to replay it.
+        if self.store.checkpoint_mb == 0 || self.store.checkpoint_mb > 256 {
             return Err(whole(
                 "store.checkpoint_mb",
-                "must be between 1 and 4096".into(),
+                "must be between 1 and 256".into(),
             ));
         }
         if self.router.max_attempts == 0 {
@@ -819,7 +820,7 @@ pipeline = ["proj"]
         );
         let err = parse(&format!("{GOOD}\n[store]\ncache_mb = 0\n"));
         assert_eq!((err.key.as_str(), err.line), ("store.cache_mb", Some(15)));
-        for bad in [0, 4097] {
+        for bad in [0, 257] {
             let err = parse(&format!("{GOOD}\n[store]\ncheckpoint_mb = {bad}\n"));
             assert_eq!(
                 (err.key.as_str(), err.line),

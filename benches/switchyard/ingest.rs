@@ -218,50 +218,33 @@ async fn commit_floor(
         util::cpu_time() - cpu,
     );
     let store = Store::open(&dir.join("commit-probe"))?;
-    let mut times = Vec::with_capacity(n);
-    let cpu = util::cpu_time();
-    for _ in 0..n {
-        let t = Instant::now();
-        store
-            .write(switchyard::store::WriteBatch {
-                appends: vec![("events".to_string(), event.clone())],
-                ..Default::default()
-            })
-            .await?;
-        times.push(t.elapsed());
-    }
-    add(
-        &mut s,
-        "store write of one event (one commit)",
-        times,
-        util::cpu_time() - cpu,
-    );
     let fifty = vec![("events".to_string(), event.clone()); 50];
-    let mut times = Vec::with_capacity(n / 4);
-    let cpu = util::cpu_time();
-    for _ in 0..n / 4 {
-        let t = Instant::now();
-        store
-            .write(switchyard::store::WriteBatch {
-                appends: fifty.clone(),
-                ..Default::default()
-            })
-            .await?;
-        times.push(t.elapsed());
+    for (events, count) in [(1, n), (50, n / 4)] {
+        let mut times = Vec::with_capacity(count);
+        let cpu = util::cpu_time();
+        for _ in 0..count {
+            let t = Instant::now();
+            store
+                .write(switchyard::store::WriteBatch {
+                    appends: fifty[..events].to_vec(),
+                    ..Default::default()
+                })
+                .await?;
+            times.push(t.elapsed());
+        }
+        let what = match events {
+            1 => "store write of one event (one commit)".to_string(),
+            n => format!("store write of {n} events (one commit)"),
+        };
+        add(&mut s, &what, times, util::cpu_time() - cpu);
     }
-    add(
-        &mut s,
-        "store write of 50 events (one commit)",
-        times,
-        util::cpu_time() - cpu,
-    );
     store.close();
 
     // A crash with `log_mib` of write-ahead log: its replay at the next
     // open, and the checkpoint a clean close makes of the same log.
     let log_mib: u64 = if n >= 2000 { 64 } else { 16 };
     let dir = dir.join("replay-probe");
-    let store = Store::open_with(&dir, switchyard::store::DEFAULT_CACHE_MB, 4096)?;
+    let store = Store::open_with(&dir, switchyard::store::DEFAULT_CACHE_MB, 256)?;
     while store.wal_bytes() < log_mib * 1024 * 1024 {
         store
             .write(switchyard::store::WriteBatch {

@@ -102,7 +102,12 @@ impl Wal {
                     }
                 }
                 next += 1;
-            } else if seq >= next {
+            } else if seq > next {
+                // Frames are written in sequence, and a rewind comes only
+                // after a durable checkpoint: a gap means the database is
+                // older than the log says it should be.
+                tracing::warn!(seq, expected = next, path = %path.display(),
+                    "write-ahead log frame out of sequence; the log ends before it");
                 break;
             }
             rest = after;

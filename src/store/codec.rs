@@ -163,8 +163,13 @@ pub(super) fn put_len(b: &mut Vec<u8>, mut n: u64) {
 }
 
 fn put_str(b: &mut Vec<u8>, s: &str) {
-    put_len(b, s.len() as u64);
-    b.extend_from_slice(s.as_bytes());
+    put_bytes(b, s.as_bytes());
+}
+
+/// `bytes`, length-prefixed.
+pub(super) fn put_bytes(b: &mut Vec<u8>, bytes: &[u8]) {
+    put_len(b, bytes.len() as u64);
+    b.extend_from_slice(bytes);
 }
 
 fn put_opt(b: &mut Vec<u8>, s: Option<&str>) {

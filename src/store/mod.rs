@@ -714,13 +714,14 @@ fn commit(
         .collect();
     let (txn, committed) = stage(db, index, &parts, wal.seq() + 1)?;
     let frame_at = wal.len();
-    let log = wal.path().display().to_string();
+    let log = |wal: &wal::Wal| wal.path().display().to_string();
     match wal.append(&parts) {
         Ok(_) => {}
-        Err(e @ wal::Failed::Write(_)) => return Err(format!("write-ahead log {log}: {e}")),
+        Err(e @ wal::Failed::Write(_)) => return Err(format!("write-ahead log {}: {e}", log(wal))),
         Err(e @ wal::Failed::Sync(_)) => {
             let why = format!(
-                "write-ahead log {log}: {e}; no write is accepted until the router restarts"
+                "write-ahead log {}: {e}; no write is accepted until the router restarts",
+                log(wal)
             );
             *broken = Some(why.clone());
             return Err(why);
@@ -730,8 +731,9 @@ fn commit(
         let why = match wal.take_back(frame_at) {
             Ok(()) => format!("{e}; no write is accepted until the router restarts"),
             Err(back) => format!(
-                "{e}, and its entry in the write-ahead log {log} could not be taken back \
-                 ({back}): it will be applied when the router restarts"
+                "{e}, and its entry in the write-ahead log {} could not be taken back \
+                 ({back}): it will be applied when the router restarts",
+                log(wal)
             ),
         };
         *broken = Some(why.clone());

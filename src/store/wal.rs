@@ -36,7 +36,7 @@ use std::io::Read as _;
 use std::os::unix::fs::FileExt as _;
 use std::path::{Path, PathBuf};
 
-use super::codec::{self, Reader, put_len};
+use super::codec::{self, Reader, put_bytes, put_len};
 use super::{Trace, WriteBatch};
 
 /// Where each commit records its `seq` in the `META` table (no router
@@ -231,11 +231,6 @@ fn frame(b: &[u8]) -> Option<(u64, &[u8], &[u8])> {
     }
     let seq = u64::from_le_bytes(body[..8].try_into().ok()?);
     Some((seq, &body[8..], &b[HEADER + len..]))
-}
-
-fn put_bytes(b: &mut Vec<u8>, bytes: &[u8]) {
-    put_len(b, bytes.len() as u64);
-    b.extend_from_slice(bytes);
 }
 
 fn put_job(b: &mut Vec<u8>, batch: &WriteBatch, encoded: &[Vec<u8>]) {

@@ -3,7 +3,8 @@
 //!
 //! The fault is real: the router runs under a file-size limit (RLIMIT_FSIZE,
 //! with SIGXFSZ ignored), so once the database file has to grow past it the
-//! store's writes fail with EFBIG, exactly as on a full disk.
+//! store's writes fail with EFBIG, exactly as on a full disk. Readiness and
+//! a gauge report it until the restart.
 
 mod common;
 
@@ -75,9 +76,24 @@ fn a_store_that_cannot_write_answers_503_and_loses_nothing_accepted() {
         !accepted.is_empty(),
         "some requests must have succeeded before the limit"
     );
+    // Readiness says so too, with the store's own reason, so traffic can be
+    // sent elsewhere; the gauge is for alerts.
+    let (status, ready) = router.get("/readyz");
+    assert_eq!(status, 503, "{ready}");
+    let store = ready["failed"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["check"] == "store")
+        .unwrap_or_else(|| panic!("no failed store check: {ready}"));
+    let why = store["reason"].as_str().unwrap();
+    assert!(why.starts_with("store writes are failing: "), "{why}");
+    assert_eq!(router.metric("switchyard_store_write_failing"), Some(1.0));
     router.kill9();
 
     let router = Router::start(dir.path(), &default_config());
+    router.wait_until("ready after the restart", || router.get("/readyz").0 == 200);
+    assert_eq!(router.metric("switchyard_store_write_failing"), Some(0.0));
     let stored: HashSet<String> = router
         .topic("events")
         .iter()

@@ -21,8 +21,12 @@ pub fn dist(name: &str) -> PathBuf {
 /// The repository's schemas with `extra` (plugins, routes, router settings).
 pub fn config_text(extra: &str) -> String {
     let schemas = root().join("config/schemas");
+    // For trials of the write-ahead log's size against the default.
+    let store = std::env::var("SWITCHYARD_BENCH_CHECKPOINT_MB")
+        .map(|mb| format!("[store]\ncheckpoint_mb = {mb}\n\n"))
+        .unwrap_or_default();
     format!(
-        "[schemas]\nbase = \"{}\"\ntypes_dir = \"{}\"\n\n{extra}\n",
+        "[schemas]\nbase = \"{}\"\ntypes_dir = \"{}\"\n\n{store}{extra}\n",
         schemas.join("hmpps-domain-event.schema.json").display(),
         schemas.join("types").display(),
     )

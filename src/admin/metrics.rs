@@ -85,6 +85,13 @@ fn gauges(rt: &Runtime, out: &mut String) -> Result<(), crate::store::StoreError
         [],
         &[([], rt.store.wal_bytes() as f64)],
     );
+    render_gauge(
+        out,
+        "switchyard_store_write_failing",
+        "1 while the store's last commit failed (until one succeeds), or while it refuses every write until a restart.",
+        [],
+        &[([], f64::from(u8::from(rt.store.write_failure().is_some())))],
+    );
     let mut lag = Vec::new();
     for (consumer, cursor) in rt.store.cursors()? {
         if let Some(topic) = cursor_topic(rt, &consumer) {
@@ -131,8 +138,9 @@ fn gauges(rt: &Runtime, out: &mut String) -> Result<(), crate::store::StoreError
     Ok(())
 }
 
-/// Ready when the store answers, every configured plugin is loaded, and no
-/// sink is backing off from its broker; otherwise 503 naming the failed check.
+/// Ready when the store answers and its last write succeeded, every
+/// configured plugin is loaded, and no sink is backing off from its broker;
+/// otherwise 503 naming the failed check.
 pub async fn readyz(State(rt): State<Arc<Runtime>>) -> Response {
     let mut failed = Vec::new();
     if *rt.stopping.borrow() {
@@ -140,6 +148,13 @@ pub async fn readyz(State(rt): State<Arc<Runtime>>) -> Response {
     }
     if let Err(e) = rt.store.topic_len(&rt.config.ingest.topic) {
         failed.push(json!({ "check": "store", "reason": e.to_string() }));
+    }
+    // Ingest answers 503 meanwhile: a full disk, or a store that refuses
+    // writes until a restart.
+    if let Some(why) = rt.store.write_failure() {
+        failed.push(
+            json!({ "check": "store", "reason": format!("store writes are failing: {why}") }),
+        );
     }
     let loaded = crate::sync::read(&rt.plugins).clone();
     for name in rt.live_config().plugins.keys() {

@@ -226,6 +226,9 @@ struct Inner {
     wal_bytes: Arc<AtomicU64>,
     /// Commits the open applied from the write-ahead log.
     replayed: u64,
+    /// Why the last commit (or checkpoint) failed, until one succeeds; kept
+    /// by the writer. See [`Store::write_failure`].
+    failing: Arc<Mutex<Option<String>>>,
 }
 
 impl Store {
@@ -307,6 +310,7 @@ impl Store {
         let (wal, replayed) = replay(&db, &mut index, &dir.join("switchyard.wal"))
             .map_err(|e| open_err(redb::StorageError::Io(std::io::Error::other(e)).into()))?;
         let wal_bytes = Arc::new(AtomicU64::new(0));
+        let failing = Arc::new(Mutex::new(None));
         let (tx, rx) = mpsc::channel::<Job>();
         let inner = Arc::new(Inner {
             db: db.clone(),
@@ -319,6 +323,7 @@ impl Store {
             trace_stats,
             wal_bytes: wal_bytes.clone(),
             replayed,
+            failing: failing.clone(),
         });
         let weak = Arc::downgrade(&inner);
         let handle = std::thread::Builder::new()
@@ -328,6 +333,7 @@ impl Store {
                     wal,
                     checkpoints,
                     bytes: wal_bytes,
+                    failing,
                 };
                 writer_loop(&db, index, log, rx, weak)
             })
@@ -513,6 +519,13 @@ impl Store {
     /// what a restart would apply again (see [`wal`]).
     pub fn wal_bytes(&self) -> u64 {
         self.inner.wal_bytes.load(Ordering::Relaxed)
+    }
+
+    /// Why writes are failing: the error of the last commit when it failed
+    /// (until one succeeds), or why the store refuses every write until a
+    /// restart. `None` while writes succeed.
+    pub fn write_failure(&self) -> Option<String> {
+        lock(&self.inner.failing).clone()
     }
 
     /// How many commits the open applied from the write-ahead log: those the
@@ -748,6 +761,20 @@ struct Log {
     checkpoints: Checkpoints,
     /// Where the log's size is shown ([`Store::wal_bytes`]).
     bytes: Arc<AtomicU64>,
+    /// Where a failing commit is shown ([`Store::write_failure`]).
+    failing: Arc<Mutex<Option<String>>>,
+}
+
+impl Log {
+    /// Shows the outcome of the last commit or checkpoint: a refusal until
+    /// a restart stays shown whatever comes after it.
+    fn show(&self, outcome: Result<(), &str>, broken: &Option<String>) {
+        let now = broken.as_deref().or(outcome.err());
+        let mut failing = lock(&self.failing);
+        if failing.as_deref() != now {
+            *failing = now.map(str::to_string);
+        }
+    }
 }
 
 fn writer_loop(
@@ -782,6 +809,7 @@ fn writer_loop(
                 *broken = Some(format!(
                     "{e}; no write is accepted until the router restarts"
                 ));
+                log.show(Ok(()), broken);
             } else {
                 checkpoint_ok.observe(took);
                 tracing::debug!(bytes, took_ms = took.as_millis() as u64, "store checkpoint");
@@ -815,6 +843,10 @@ fn writer_loop(
         let started = Instant::now();
         let committed = commit(db, &mut index, &mut log.wal, &jobs, &mut broken);
         log.bytes.store(log.wal.len(), Ordering::Relaxed);
+        log.show(
+            committed.as_ref().map(|_| ()).map_err(String::as_str),
+            &broken,
+        );
         let done = Instant::now();
         // Each job's outcome: a failed commit fails them all.
         let (results, lengths): (Vec<Result<Vec<u64>, StoreError>>, _) = match committed {

@@ -81,7 +81,16 @@ fn author_loop(lang: &str, component_imports: &[&str]) {
         assert!(cargo_config.contains("inline-threshold"), "{cargo_config}");
     }
 
-    let out = ok(&["plugin", "build", path(&dir)]);
+    let built = switchyard(&["plugin", "build", path(&dir)]);
+    assert!(built.status.success(), "{}", text(&built));
+    // ComponentizeJS's bindings encode strings with the engine's native
+    // encoder (plugins/js/componentize.mjs), not a loop in its interpreter.
+    assert!(
+        !text(&built).contains("string encoder was not found"),
+        "{}",
+        text(&built)
+    );
+    let out = String::from_utf8_lossy(&built.stdout).into_owned();
     let wasm = dir.join("dist").join(format!("{name}.wasm"));
     assert!(out.contains(&format!("built {}", wasm.display())), "{out}");
     assert!(wasm.is_file());

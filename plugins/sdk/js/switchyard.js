@@ -53,20 +53,85 @@ function compareCodePoints(a, b) {
   return x.length - y.length;
 }
 
-/** Canonical JSON text of `value`: sorted keys, compact, like the Rust SDK. */
-export function stringify(value) {
+// A key the engine lists before all others, in numeric order, whatever the
+// order it was added in (an array index such as "7"), one per line of the
+// keys joined with newlines. A key with a newline of its own may match
+// wrongly; that only sends its object to the slow path, which is exact.
+const INDEX_LINE = /^(?:0|[1-9][0-9]{0,9})$/m;
+
+/** `value`'s own keys in code-point order, those whose value is defined. */
+function sortedKeys(value) {
+  const keys = Object.keys(value).filter((k) => value[k] !== undefined);
+  sortCodePoints(keys, keys.join("\n"));
+  return keys;
+}
+
+function sortCodePoints(keys, joined) {
+  // Without surrogates, UTF-16 order (the built-in sort's) is code point
+  // order, and the engine sorts without calling back into JavaScript.
+  if (SURROGATE.test(joined)) keys.sort(compareCodePoints);
+  else keys.sort();
+}
+
+// Set by `canonicalCopy` when an object has more than one key and one of
+// them is an array index: the engine would write that one first.
+let indexKeys = false;
+
+// A copy of `value` whose objects hold their keys in canonical order, for
+// the engine's own `JSON.stringify` to write out. The interpreter runs slowly
+// (no JIT in a component), so this does as little per key as it can: one
+// regular expression per object for both checks, no callbacks.
+function canonicalCopy(value) {
+  if (Array.isArray(value)) {
+    const n = value.length;
+    const out = new Array(n);
+    for (let i = 0; i < n; i++) {
+      const v = value[i];
+      out[i] = typeof v === "object" && v !== null ? canonicalCopy(v) : v;
+    }
+    return out;
+  }
+  const keys = Object.keys(value);
+  if (keys.length > 1) {
+    const joined = keys.join("\n");
+    if (INDEX_LINE.test(joined)) indexKeys = true;
+    sortCodePoints(keys, joined);
+  }
+  // No prototype: "__proto__" is then a key like any other.
+  const out = Object.create(null);
+  for (let i = 0; i < keys.length; i++) {
+    const k = keys[i];
+    const v = value[k];
+    if (v === undefined) continue;
+    out[k] = typeof v === "object" && v !== null ? canonicalCopy(v) : v;
+  }
+  return out;
+}
+
+// The same text, written piece by piece: for objects with array-index keys.
+function slowStringify(value) {
   if (value === null || typeof value !== "object") {
     return JSON.stringify(value === undefined ? null : value);
   }
   if (Array.isArray(value)) {
-    return "[" + value.map((v) => stringify(v)).join(",") + "]";
+    return "[" + value.map((v) => slowStringify(v)).join(",") + "]";
   }
-  const keys = Object.keys(value).filter((k) => value[k] !== undefined);
-  // Without surrogates, UTF-16 order (the built-in sort's) is code point
-  // order, and the engine sorts without calling back into JavaScript.
-  if (keys.some((k) => SURROGATE.test(k))) keys.sort(compareCodePoints);
-  else keys.sort();
-  return "{" + keys.map((k) => JSON.stringify(k) + ":" + stringify(value[k])).join(",") + "}";
+  return "{" + sortedKeys(value).map((k) => JSON.stringify(k) + ":" + slowStringify(value[k])).join(",") + "}";
+}
+
+/**
+ * Canonical JSON text of `value`: sorted keys, compact, like the Rust SDK.
+ * The engine's `JSON.stringify` writes a copy with its keys in order (the
+ * interpreter's work is then one pass that copies; the writing is native),
+ * unless an object has array-index keys, which the engine always lists first.
+ */
+export function stringify(value) {
+  if (value === null || typeof value !== "object") {
+    return JSON.stringify(value === undefined ? null : value);
+  }
+  indexKeys = false;
+  const copy = canonicalCopy(value);
+  return indexKeys ? slowStringify(value) : JSON.stringify(copy);
 }
 
 /** Parses an event's `data`; a payload that is not JSON is a `BadEvent`. */

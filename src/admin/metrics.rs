@@ -88,7 +88,7 @@ fn gauges(rt: &Runtime, out: &mut String) -> Result<(), crate::store::StoreError
     render_gauge(
         out,
         "switchyard_store_write_failing",
-        "1 while the store's last commit failed (until one succeeds), or while it refuses every write until a restart.",
+        "1 after a store commit failed, until one succeeds or for 10 s, or while the store refuses every write until a restart.",
         [],
         &[([], f64::from(u8::from(rt.store.write_failure().is_some())))],
     );
@@ -138,7 +138,7 @@ fn gauges(rt: &Runtime, out: &mut String) -> Result<(), crate::store::StoreError
     Ok(())
 }
 
-/// Ready when the store answers and its last write succeeded, every
+/// Ready when the store answers and its writes are not failing, every
 /// configured plugin is loaded, and no sink is backing off from its broker;
 /// otherwise 503 naming the failed check.
 pub async fn readyz(State(rt): State<Arc<Runtime>>) -> Response {

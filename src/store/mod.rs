@@ -226,10 +226,21 @@ struct Inner {
     wal_bytes: Arc<AtomicU64>,
     /// Commits the open applied from the write-ahead log.
     replayed: u64,
-    /// Why the last commit (or checkpoint) failed, until one succeeds; kept
-    /// by the writer. See [`Store::write_failure`].
-    failing: Arc<Mutex<Option<String>>>,
+    /// Why the last commit (or checkpoint) failed and when (`None`: writes
+    /// are refused until a restart), until one succeeds; kept by the writer.
+    /// See [`Store::write_failure`].
+    failing: Arc<Mutex<Failing>>,
 }
+
+/// The last failed commit's error and when it failed; no time when the
+/// store refuses every write until a restart.
+type Failing = Option<(String, Option<Instant>)>;
+
+/// How long a failed commit is reported ([`Store::write_failure`]) when no
+/// commit comes after it: readiness then lets traffic back, and the next
+/// write tells again. A router taken out of traffic might otherwise never
+/// write again to show it can.
+const FAILURE_SHOWN: Duration = Duration::from_secs(10);
 
 impl Store {
     /// Opens (or creates) the store in `dir` with the default page cache.
@@ -522,10 +533,14 @@ impl Store {
     }
 
     /// Why writes are failing: the error of the last commit when it failed
-    /// (until one succeeds), or why the store refuses every write until a
-    /// restart. `None` while writes succeed.
+    /// (until one succeeds, and for at most ten seconds), or why the store
+    /// refuses every write until a restart. `None` while writes succeed.
     pub fn write_failure(&self) -> Option<String> {
-        lock(&self.inner.failing).clone()
+        match &*lock(&self.inner.failing) {
+            Some((why, None)) => Some(why.clone()),
+            Some((why, Some(at))) if at.elapsed() < FAILURE_SHOWN => Some(why.clone()),
+            _ => None,
+        }
     }
 
     /// How many commits the open applied from the write-ahead log: those the
@@ -762,17 +777,21 @@ struct Log {
     /// Where the log's size is shown ([`Store::wal_bytes`]).
     bytes: Arc<AtomicU64>,
     /// Where a failing commit is shown ([`Store::write_failure`]).
-    failing: Arc<Mutex<Option<String>>>,
+    failing: Arc<Mutex<Failing>>,
 }
 
 impl Log {
     /// Shows the outcome of the last commit or checkpoint: a refusal until
     /// a restart stays shown whatever comes after it.
     fn show(&self, outcome: Result<(), &str>, broken: &Option<String>) {
-        let now = broken.as_deref().or(outcome.err());
+        let now = match (broken, outcome) {
+            (Some(why), _) => Some((why.clone(), None)),
+            (None, Err(e)) => Some((e.to_string(), Some(Instant::now()))),
+            (None, Ok(())) => None,
+        };
         let mut failing = lock(&self.failing);
-        if failing.as_deref() != now {
-            *failing = now.map(str::to_string);
+        if failing.is_some() || now.is_some() {
+            *failing = now;
         }
     }
 }
@@ -1426,6 +1445,29 @@ mod tests {
             assert!(Instant::now() < deadline, "no checkpoint");
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
+    }
+
+    /// A failed commit is reported until one succeeds or for ten seconds
+    /// (readiness must not keep a router out of traffic for good after a
+    /// passing failure); a refusal until restart, for as long as it lasts.
+    /// (The failures themselves are real in tests/store_unavailable.rs.)
+    #[tokio::test]
+    async fn a_failed_commit_is_reported_until_one_succeeds_or_for_ten_seconds() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(store.write_failure(), None);
+        let set = |v: Failing| *lock(&store.inner.failing) = v;
+        let now = Instant::now();
+        set(Some(("disk full".into(), Some(now))));
+        assert_eq!(store.write_failure().as_deref(), Some("disk full"));
+        set(Some(("disk full".into(), now.checked_sub(FAILURE_SHOWN))));
+        assert_eq!(store.write_failure(), None);
+        set(Some(("sync failed".into(), None)));
+        assert_eq!(store.write_failure().as_deref(), Some("sync failed"));
+        // A commit that succeeds clears a passing failure.
+        set(Some(("disk full".into(), Some(now))));
+        store.write(logged(0)).await.unwrap();
+        assert_eq!(store.write_failure(), None);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

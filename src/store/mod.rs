@@ -828,7 +828,7 @@ fn writer_loop(
                 *broken = Some(format!(
                     "{e}; no write is accepted until the router restarts"
                 ));
-                log.show(Ok(()), broken);
+                log.show(Err(&e), broken);
             } else {
                 checkpoint_ok.observe(took);
                 tracing::debug!(bytes, took_ms = took.as_millis() as u64, "store checkpoint");

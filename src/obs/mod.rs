@@ -50,6 +50,8 @@ pub struct Metrics {
     /// Store checkpoints (redb made durable, the write-ahead log started
     /// over), per outcome: the writer takes no commit meanwhile.
     pub store_checkpoints: Family<Histogram, 1>,
+    /// Syncs of the store's write-ahead log: the disk's part of a commit.
+    pub store_wal_syncs: Family<Histogram, 0>,
 }
 
 impl Default for Metrics {
@@ -115,6 +117,11 @@ impl Default for Metrics {
                 "Time of one store checkpoint (the database made durable up to the write-ahead log's end, which then starts over), per outcome; no write commits meanwhile.",
                 ["outcome"],
             ),
+            store_wal_syncs: Family::new(
+                "switchyard_store_wal_sync_duration_seconds",
+                "Time of one sync of the store's write-ahead log (the disk's part of a store commit).",
+                [],
+            ),
         }
     }
 }
@@ -141,6 +148,7 @@ impl Metrics {
         self.store_commits.render(out);
         self.store_writes.render(out);
         self.store_checkpoints.render(out);
+        self.store_wal_syncs.render(out);
     }
 }
 

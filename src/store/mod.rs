@@ -345,6 +345,7 @@ impl Store {
                     checkpoints,
                     bytes: wal_bytes,
                     failing,
+                    slow_syncs: SlowSyncs::default(),
                 };
                 writer_loop(&db, index, log, rx, weak)
             })
@@ -770,6 +771,43 @@ fn commit(
     Ok(committed)
 }
 
+/// A sync of the write-ahead log this slow is logged: the disk is holding
+/// up every write.
+const SLOW_SYNC: Duration = Duration::from_millis(100);
+/// Slow syncs are logged at most this often, counted in between.
+const SLOW_SYNC_EVERY: Duration = Duration::from_secs(10);
+
+/// Write-ahead log syncs slower than [`SLOW_SYNC`] not yet logged.
+#[derive(Default)]
+struct SlowSyncs {
+    count: u64,
+    longest: Duration,
+    logged: Option<Instant>,
+}
+
+impl SlowSyncs {
+    /// Notes a sync that took `took`; says how many slow syncs to log now
+    /// and the longest: the first at once, then those of each
+    /// [`SLOW_SYNC_EVERY`] together.
+    fn note(&mut self, took: Duration, now: Instant) -> Option<(u64, Duration)> {
+        if took >= SLOW_SYNC {
+            self.count += 1;
+            self.longest = self.longest.max(took);
+        }
+        let quiet = self
+            .logged
+            .is_none_or(|at| now.saturating_duration_since(at) >= SLOW_SYNC_EVERY);
+        if self.count == 0 || !quiet {
+            return None;
+        }
+        self.logged = Some(now);
+        Some((
+            std::mem::take(&mut self.count),
+            std::mem::take(&mut self.longest),
+        ))
+    }
+}
+
 /// The writer's write-ahead log and when it checkpoints.
 struct Log {
     wal: wal::Wal,
@@ -778,6 +816,7 @@ struct Log {
     bytes: Arc<AtomicU64>,
     /// Where a failing commit is shown ([`Store::write_failure`]).
     failing: Arc<Mutex<Failing>>,
+    slow_syncs: SlowSyncs,
 }
 
 impl Log {
@@ -816,6 +855,7 @@ fn writer_loop(
         m.store_checkpoints.series(["ok"]),
         m.store_checkpoints.series(["error"]),
     );
+    let wal_syncs = m.store_wal_syncs.series([]);
     let mut broken = None;
     let checkpoint_now = |log: &mut Log, broken: &mut Option<String>| {
         if broken.is_none() && log.wal.len() > 0 {
@@ -872,6 +912,17 @@ fn writer_loop(
             Ok((offsets, lengths, step)) => {
                 index.committed(step);
                 commit_ok.observe(done - started);
+                let synced_in = log.wal.synced_in();
+                wal_syncs.observe(synced_in);
+                if let Some((slow, longest)) = log.slow_syncs.note(synced_in, done) {
+                    tracing::warn!(
+                        slow,
+                        longest_ms = longest.as_millis() as u64,
+                        path = %log.wal.path().display(),
+                        "syncs of the store's write-ahead log took 100 ms or more: the disk \
+                         is slow, and every ingest answer and pipeline batch waits for it"
+                    );
+                }
                 let results = offsets
                     .into_iter()
                     .map(|o| o.map_err(StoreError::Conflict))
@@ -1468,6 +1519,36 @@ mod tests {
         set(Some(("disk full".into(), Some(now))));
         store.write(logged(0)).await.unwrap();
         assert_eq!(store.write_failure(), None);
+    }
+
+    /// The first slow sync of the write-ahead log is logged at once, later
+    /// ones together once per [`SLOW_SYNC_EVERY`]; quick ones never.
+    #[test]
+    fn slow_syncs_are_logged_at_once_then_counted_per_ten_seconds() {
+        let (quick, slow) = (Duration::from_millis(2), SLOW_SYNC);
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        let mut s = SlowSyncs::default();
+        assert_eq!(s.note(quick, at(0)), None);
+        assert_eq!(s.note(slow, at(1)), Some((1, slow)));
+        let longer = slow * 3;
+        assert_eq!(s.note(longer, at(2)), None);
+        assert_eq!(s.note(slow, at(3)), None);
+        assert_eq!(s.note(quick, at(9_000)), None, "within ten seconds");
+        assert_eq!(s.note(quick, at(10_001)), Some((2, longer)));
+        assert_eq!(s.note(quick, at(30_000)), None, "nothing slow since");
+        assert_eq!(s.note(slow, at(30_001)), Some((1, slow)));
+    }
+
+    /// Each commit's sync of the write-ahead log is timed.
+    #[tokio::test]
+    async fn commits_time_the_sync_of_the_write_ahead_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let syncs = crate::obs::metrics().store_wal_syncs.series([]);
+        let before = syncs.count();
+        store.write(logged(0)).await.unwrap();
+        assert!(syncs.count() > before);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -35,6 +35,7 @@ use std::fs::File;
 use std::io::Read as _;
 use std::os::unix::fs::FileExt as _;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use super::codec::{self, Reader, put_bytes, put_len};
 use super::{Trace, WriteBatch};
@@ -62,6 +63,8 @@ pub(super) struct Wal {
     /// The file's length.
     allocated: u64,
     buf: Vec<u8>,
+    /// How long the last append's sync took.
+    synced_in: Duration,
 }
 
 /// A job read back: a batch and its appends encoded (as
@@ -121,6 +124,7 @@ impl Wal {
             seq: next - 1,
             allocated: bytes.len() as u64,
             buf: Vec::new(),
+            synced_in: Duration::ZERO,
         };
         Ok((wal, frames))
     }
@@ -157,7 +161,10 @@ impl Wal {
             self.allocated = grown;
         }
         self.file.write_all_at(b, self.at).map_err(Failed::Write)?;
-        self.file.sync_data().map_err(Failed::Sync)?;
+        let syncing = Instant::now();
+        let synced = self.file.sync_data();
+        self.synced_in = syncing.elapsed();
+        synced.map_err(Failed::Sync)?;
         self.at += b.len() as u64;
         self.seq = seq;
         if b.capacity() > 4 * 1024 * 1024 {
@@ -181,6 +188,11 @@ impl Wal {
     /// checkpoint.
     pub(super) fn len(&self) -> u64 {
         self.at
+    }
+
+    /// How long the last append's sync took (the disk's part of a commit).
+    pub(super) fn synced_in(&self) -> Duration {
+        self.synced_in
     }
 
     /// The last `seq` written.

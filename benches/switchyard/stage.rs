@@ -309,7 +309,7 @@ pub fn wasm_vs_native(report: &mut Report, events: &[Event], quick: bool) -> Res
         report.sections.push(s);
         report.headline(
             "Wasm end to end, events/s as a share of native (median of rounds)",
-            ratio(e2e),
+            util::ratio_against(e2e, 0.7),
             "≥ 0.70×",
             Some(e2e >= 0.7),
         );
@@ -321,7 +321,7 @@ pub fn wasm_vs_native(report: &mut Report, events: &[Event], quick: bool) -> Res
         );
         report.headline(
             "plugin stage per call vs native",
-            ratio(call_ratio),
+            util::ratio_against(call_ratio, 1.4),
             "≤ 1.40×",
             Some(call_ratio <= 1.4),
         );

@@ -917,10 +917,11 @@ fn writer_loop(
                 if let Some((slow, longest)) = log.slow_syncs.note(synced_in, done) {
                     tracing::warn!(
                         slow,
+                        at_least_ms = SLOW_SYNC.as_millis() as u64,
                         longest_ms = longest.as_millis() as u64,
                         path = %log.wal.path().display(),
-                        "syncs of the store's write-ahead log took 100 ms or more: the disk \
-                         is slow, and every ingest answer and pipeline batch waits for it"
+                        "syncs of the store's write-ahead log were slow: the disk is holding \
+                         up writes, and every ingest answer and pipeline batch waits for it"
                     );
                 }
                 let results = offsets

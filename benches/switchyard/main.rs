@@ -132,8 +132,13 @@ fn main() -> Result<()> {
         // --profile-setup) / N under `valgrind --tool=callgrind`; see
         // BENCHMARKS.md.
         let (evs, rt) = (profile_events(n), util::current_thread()?);
+        let extent = if args.profile_setup {
+            stage::Extent::Setup
+        } else {
+            stage::Extent::Drain
+        };
         let eps = rt
-            .block_on(stage::pipeline_rate(&evs, 1, args.profile_setup))?
+            .block_on(stage::pipeline_rate(&evs, 1, extent))?
             .events_per_sec;
         println!("{n} events through the pipeline: {eps:.0} events/s");
         return Ok(());

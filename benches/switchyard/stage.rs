@@ -470,7 +470,7 @@ pub fn scaling(report: &mut Report, events: &[Event], quick: bool) -> Result<()>
     let mut base = 0.0;
     for threads in [1usize, 2] {
         let rt = util::threads(threads)?;
-        let r = rt.block_on(pipeline_rate(&events[..n], threads, false))?;
+        let r = rt.block_on(pipeline_rate(&events[..n], threads, Extent::WithLookups))?;
         if threads == 1 {
             base = r.events_per_sec;
         }
@@ -497,6 +497,18 @@ pub fn scaling(report: &mut Report, events: &[Event], quick: bool) -> Result<()>
     Ok(())
 }
 
+/// How much of [`pipeline_rate`] runs.
+#[derive(Clone, Copy, PartialEq)]
+pub enum Extent {
+    /// Only the router's start and the seeded log (`--profile-setup`).
+    Setup,
+    /// The drain too (`--profile`: its instructions less `Setup`'s are the
+    /// pipeline's alone).
+    Drain,
+    /// The drain, then the trace lookups section 8 times.
+    WithLookups,
+}
+
 /// What one drain of the real pipeline measured.
 pub struct PipelineRun {
     pub events_per_sec: f64,
@@ -506,7 +518,8 @@ pub struct PipelineRun {
     pub commits: u64,
     /// The share of the wall time the store's writer spent committing.
     pub writer_busy: f64,
-    /// `Store::trace` afterwards: p50 and max.
+    /// `Store::trace` afterwards: p50 and max (zero unless
+    /// [`Extent::WithLookups`]).
     pub trace_lookup: (Duration, Duration),
 }
 
@@ -514,7 +527,7 @@ pub struct PipelineRun {
 pub async fn pipeline_rate(
     events: &[Event],
     workers: usize,
-    setup_only: bool,
+    extent: Extent,
 ) -> Result<PipelineRun> {
     let tmp = tempfile::tempdir()?;
     let (_, cfg) = util::write_config(
@@ -525,7 +538,7 @@ pub async fn pipeline_rate(
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     seed(&rt.store, events).await?;
-    if setup_only {
+    if extent == Extent::Setup {
         rt.store.close();
         return Ok(PipelineRun {
             events_per_sec: 0.0,
@@ -557,7 +570,10 @@ pub async fn pipeline_rate(
     let counts = counts.since();
     let _ = stop.send(true);
     task.await?;
-    let trace_lookup = trace_lookups(&rt.store, events)?;
+    let trace_lookup = match extent {
+        Extent::WithLookups => trace_lookups(&rt.store, events)?,
+        _ => Default::default(),
+    };
     rt.store.close();
     Ok(PipelineRun {
         events_per_sec: n as f64 / wall,

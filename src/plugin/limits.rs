@@ -77,20 +77,27 @@ impl Drop for Ticker {
     }
 }
 
+/// The configuration of every engine: the shared one, and the short-lived
+/// ones cold compiles run on (see [`super::cache::compile`]), whose
+/// artefacts the shared engine loads, so the two must agree.
+pub(crate) fn engine_config() -> Config {
+    let mut config = Config::new();
+    config.wasm_component_model(true);
+    // Deadlines: a thread bumps the epoch; each call gets a budget of ticks.
+    config.epoch_interruption(true);
+    // Plugins are compiled once; spend the time to make calls fast.
+    config.cranelift_opt_level(wasmtime::OptLevel::Speed);
+    // `SWITCHYARD_WASM_PERFMAP=1` writes /tmp/perf-<pid>.map, so that
+    // `perf report` names plugin functions instead of bare addresses.
+    if std::env::var_os("SWITCHYARD_WASM_PERFMAP").is_some_and(|v| v == "1") {
+        config.profiler(wasmtime::ProfilingStrategy::PerfMap);
+    }
+    config
+}
+
 impl SharedEngine {
     pub fn new() -> Result<Self, wasmtime::Error> {
-        let mut config = Config::new();
-        config.wasm_component_model(true);
-        // Deadlines: a thread bumps the epoch; each call gets a budget of ticks.
-        config.epoch_interruption(true);
-        // Plugins are compiled once; spend the time to make calls fast.
-        config.cranelift_opt_level(wasmtime::OptLevel::Speed);
-        // `SWITCHYARD_WASM_PERFMAP=1` writes /tmp/perf-<pid>.map, so that
-        // `perf report` names plugin functions instead of bare addresses.
-        if std::env::var_os("SWITCHYARD_WASM_PERFMAP").is_some_and(|v| v == "1") {
-            config.profiler(wasmtime::ProfilingStrategy::PerfMap);
-        }
-        let engine = Engine::new(&config)?;
+        let engine = Engine::new(&engine_config())?;
         let stop = Arc::new(AtomicBool::new(false));
         let (e, s) = (engine.weak(), stop.clone());
         std::thread::Builder::new()

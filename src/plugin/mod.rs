@@ -263,7 +263,8 @@ impl PluginHost {
             Some(cache) => cache.component(&engine, &d, bytes.as_deref()),
             None => {
                 let bytes = bytes.ok_or_else(|| "no compile cache configured".to_string())?;
-                cache::compile(&engine, &bytes).map(|c| (c, false))
+                let artefact = cache::compile(&bytes)?;
+                cache::load(&engine, &artefact).map(|c| (c, false))
             }
         })
         .await

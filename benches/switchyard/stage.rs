@@ -451,7 +451,9 @@ pub fn scaling(report: &mut Report, events: &[Event], quick: bool) -> Result<()>
              the share of the wall time the store's one writer thread spent in commits and checkpoints (from \
              the router's metrics), which all workers' batches go through. \"trace lookup\" times `Store::trace` (what \
              `GET /v1/events/{{id}}/trace` reads) for 1,000 of the inputs spread over the run, once it is \
-             done: the index then holds its entries in sorted runs and in the chunks not sealed yet.",
+             done: the index then holds its entries in sorted runs and in the chunks not sealed yet. \"on disk\" is \
+             the store's files (database and write-ahead log) after the drain and a clean close, per input event: \
+             the input, its domain-fanout output and the trace index entry linking them.",
             std::thread::available_parallelism()
                 .map(|n| n.get())
                 .unwrap_or(1)
@@ -465,6 +467,7 @@ pub fn scaling(report: &mut Report, events: &[Event], quick: bool) -> Result<()>
             "writer busy",
             "trace lookup p50 ms",
             "trace lookup max ms",
+            "on disk, bytes per input",
         ],
     );
     let mut base = 0.0;
@@ -483,6 +486,7 @@ pub fn scaling(report: &mut Report, events: &[Event], quick: bool) -> Result<()>
             format!("{:.0} %", r.writer_busy * 100.0),
             format!("{:.2}", r.trace_lookup.0.as_secs_f64() * 1e3),
             format!("{:.2}", r.trace_lookup.1.as_secs_f64() * 1e3),
+            format!("{:.0}", r.disk_bytes as f64 / n as f64),
         ]);
         if threads == 2 {
             report.headline(
@@ -521,6 +525,9 @@ pub struct PipelineRun {
     /// `Store::trace` afterwards: p50 and max (zero unless
     /// [`Extent::WithLookups`]).
     pub trace_lookup: (Duration, Duration),
+    /// The disk space of the store's files after the drain and a clean
+    /// close.
+    pub disk_bytes: u64,
 }
 
 /// Events/s of the real pipeline over `events`, with `workers` keys at once.
@@ -546,6 +553,7 @@ pub async fn pipeline_rate(
             commits: 0,
             writer_busy: 0.0,
             trace_lookup: Default::default(),
+            disk_bytes: 0,
         });
     }
     let pipeline = Pipeline::new(
@@ -575,12 +583,18 @@ pub async fn pipeline_rate(
         _ => Default::default(),
     };
     rt.store.close();
+    let disk_bytes = std::fs::read_dir(rt.store.dir())?
+        .filter_map(|e| e.ok()?.metadata().ok())
+        .filter(|m| m.is_file())
+        .map(|m| std::os::unix::fs::MetadataExt::blocks(&m) * 512)
+        .sum();
     Ok(PipelineRun {
         events_per_sec: n as f64 / wall,
         cores: cpu / wall,
         commits: counts.commits,
         writer_busy: counts.committing.as_secs_f64() / wall,
         trace_lookup,
+        disk_bytes,
     })
 }
 

@@ -156,31 +156,72 @@ pub fn compile(bytes: &[u8]) -> Result<Vec<u8>, String> {
 mod tests {
     use super::*;
 
-    #[test]
-    fn compile_gives_a_component_or_the_reason() {
-        let engine = crate::plugin::limits::SharedEngine::new().expect("engine");
-        let bytes = wat::parse_str(
+    /// A component whose export `one` returns 1.
+    fn one() -> Vec<u8> {
+        wat::parse_str(
             r#"(component
                  (core module $m (func (export "one") (result i32) i32.const 1))
                  (core instance $i (instantiate $m))
                  (func (export "one") (result u32) (canon lift (core func $i "one"))))"#,
         )
-        .expect("valid text");
-        let artefact = compile(&bytes).expect("compiles");
-        let component = load(&engine.engine, &artefact).expect("loads on the shared engine");
-        assert!(component.get_export_index(None, "one").is_some());
-        // Compiled on another engine, it runs on the shared one.
-        let mut store = wasmtime::Store::new(&engine.engine, ());
+        .expect("valid text")
+    }
+
+    /// What `one` of `component` returns on `engine`.
+    fn call_one(engine: &Engine, component: &Component) -> u32 {
+        let mut store = wasmtime::Store::new(engine, ());
         store.set_epoch_deadline(1_000_000);
-        let linker = wasmtime::component::Linker::<()>::new(&engine.engine);
+        let linker = wasmtime::component::Linker::<()>::new(engine);
         let instance = linker
-            .instantiate(&mut store, &component)
+            .instantiate(&mut store, component)
             .expect("instantiates");
         let one = instance
             .get_typed_func::<(), (u32,)>(&mut store, "one")
             .expect("exported");
-        assert_eq!(one.call(&mut store, ()).expect("runs"), (1,));
+        one.call(&mut store, ()).expect("runs").0
+    }
+
+    #[test]
+    fn compile_gives_a_component_or_the_reason() {
+        let engine = crate::plugin::limits::SharedEngine::new().expect("engine");
+        let artefact = compile(&one()).expect("compiles");
+        // Compiled on an engine of its own, it runs on the shared one.
+        let component = load(&engine.engine, &artefact).expect("loads on the shared engine");
+        assert_eq!(call_one(&engine.engine, &component), 1);
         let err = compile(b"\0asm not really").expect_err("not a component");
         assert!(!err.is_empty());
+    }
+
+    #[test]
+    fn the_cache_serves_what_it_compiled_and_a_cache_it_cannot_write_only_costs_time() {
+        let engine = crate::plugin::limits::SharedEngine::new().expect("engine");
+        let dir = tempfile::tempdir().expect("temp dir");
+        let cache = CompileCache::new(dir.path().join("cache"));
+        let (c, hit) = cache
+            .component(&engine.engine, "d1", Some(&one()))
+            .expect("compiles");
+        assert!(!hit);
+        assert_eq!(call_one(&engine.engine, &c), 1);
+        assert!(cache.contains("d1"));
+        let (c, hit) = cache
+            .component(&engine.engine, "d1", None)
+            .expect("from the cache");
+        assert!(hit);
+        assert_eq!(call_one(&engine.engine, &c), 1);
+        // Its directory's place taken by a file: nothing is written, and
+        // the component compiled in memory serves all the same.
+        let blocked = dir.path().join("blocked");
+        std::fs::write(&blocked, b"not a directory").expect("write");
+        let cache = CompileCache::new(blocked);
+        let (c, hit) = cache
+            .component(&engine.engine, "d2", Some(&one()))
+            .expect("compiles");
+        assert!(!hit);
+        assert_eq!(call_one(&engine.engine, &c), 1);
+        assert!(!cache.contains("d2"));
+        let err = cache
+            .component(&engine.engine, "d2", None)
+            .expect_err("not cached");
+        assert!(err.contains("not in the compile cache"), "{err}");
     }
 }

@@ -11,6 +11,7 @@
 //! compiled again and overwritten.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use wasmtime::Engine;
 use wasmtime::component::Component;
@@ -78,9 +79,16 @@ impl CompileCache {
 
     fn store(&self, path: &Path, artefact: &[u8]) -> Result<(), String> {
         std::fs::create_dir_all(&self.dir).map_err(|e| e.to_string())?;
-        let tmp = path.with_extension("cwasm.tmp");
-        std::fs::write(&tmp, artefact).map_err(|e| e.to_string())?;
-        std::fs::rename(&tmp, path).map_err(|e| e.to_string())
+        // A name of its own: two loads of one version (plugins sharing a
+        // file) may compile at once, and the file renamed is then mapped.
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let tmp = path.with_extension(format!("cwasm.{}-{n}.tmp", std::process::id()));
+        let written = std::fs::write(&tmp, artefact).and_then(|()| std::fs::rename(&tmp, path));
+        if written.is_err() {
+            let _ = std::fs::remove_file(&tmp);
+        }
+        written.map_err(|e| e.to_string())
     }
 }
 
